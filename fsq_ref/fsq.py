@@ -1,0 +1,242 @@
+"""Finite Scalar Quantization (FSQ): Mentzer et al., "Finite Scalar Quantization: VQ-VAE Made Simple", ICLR 2024.
+
+FSQ replaces the learned codebook of a VQ-VAE by a fixed grid (paper Section 3, Eq. 1-2). The encoder outputs a few
+channels, D = len(levels); channel i is squashed into a bounded interval (`bound`) and rounded to one of L_i integer
+values (`round_ste`), then rescaled to [-1, 1] (`quantize`). The implicit codebook is the product of the per-channel
+grids, of size K = prod(levels). There are no codebook parameters and no auxiliary losses.
+
+Everything here is a pure function of `levels`, a tuple of Python ints, so it is static under `jax.jit`; all functions
+jit and vmap. Channels are last: a latent of shape [..., D] has one code per leading position.
+
+Legend: D channels (= len(levels)), K codebook size (= prod(levels)), "..." any leading (batch, grid) axes.
+"""
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from fsq_ref.errors import InputError
+
+# The paper's recommended levels (Table 1 and appendix A.4.1), keyed by target codebook size. The appendix gives
+# [7,5,5,5] for 2^12; Table 1 and the UViM experiments use [7,5,5,5,5], which is what we follow.
+RECOMMENDED_LEVELS: dict[int, tuple[int, ...]] = {
+    2**4: (5, 3),
+    2**6: (8, 8),
+    2**8: (8, 6, 5),
+    2**9: (8, 8, 8),
+    2**10: (8, 5, 5, 5),
+    2**11: (8, 8, 6, 5),
+    2**12: (7, 5, 5, 5, 5),
+    2**14: (8, 8, 8, 6, 5),
+    2**16: (8, 8, 8, 5, 5, 5),
+}
+
+# Indices are int32 (JAX's default integer, and what embedding tables take); the largest codebook whose every index
+# fits is 2^31 codes.
+MAX_CODEBOOK_SIZE = 2**31
+# Above this many entries `implicit_codebook` refuses to build the [K, D] table (it would be gigabytes).
+MAX_MATERIALISED_CODEBOOK = 2**24
+
+_EPS = 1e-3  # keeps tanh's range strictly inside the outermost rounding interval (paper listing)
+
+
+def check_levels(levels) -> tuple[int, ...]:
+    """Return `levels` as a tuple of ints, or raise `InputError` saying what is wrong with it."""
+    try:
+        levels = tuple(levels)
+    except TypeError:
+        raise InputError(f"levels must be a sequence of integers such as (8, 5, 5, 5); got {levels!r}") from None
+    if not levels:
+        raise InputError("levels must not be empty; give one level count per channel, e.g. (8, 5, 5, 5)")
+    if not all(isinstance(l, (int, np.integer)) and not isinstance(l, bool) for l in levels):
+        raise InputError(f"levels must all be integers; got {list(levels)}")
+    levels = tuple(int(l) for l in levels)
+    if min(levels) < 3:
+        # L = 2: the bound cannot be centred (arctanh(offset / half_l) = arctanh(0.5 / 0.4995) is undefined), and the
+        # paper finds L < 5 works worse anyway (Fig. 10).
+        raise InputError(f"levels must all be >= 3 (L = 2 cannot be centred, L < 5 works worse); got {list(levels)}")
+    if math.prod(levels) > MAX_CODEBOOK_SIZE:
+        raise InputError(
+            f"prod(levels) = {math.prod(levels)} exceeds {MAX_CODEBOOK_SIZE}, the most that int32 indices can "
+            f"address; use fewer or smaller levels; got {list(levels)}"
+        )
+    return levels
+
+
+def codebook_size(levels) -> int:
+    """K = prod(levels), the size of the implicit codebook."""
+    return math.prod(check_levels(levels))
+
+
+def _check_channels(z: Array, levels: tuple[int, ...]) -> None:
+    if z.ndim == 0 or z.shape[-1] != len(levels):
+        raise InputError(
+            f"the last axis of the input must have one channel per level ({len(levels)} for levels "
+            f"{list(levels)}); got shape {tuple(z.shape)}. Project the latent to {len(levels)} channels first"
+        )
+
+
+def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
+    """Squash each channel so that rounding it gives exactly L_i integer values.
+
+    The result lies in (-(L-1)/2 - offset, (L-1)/2 - offset) scaled by (1 - eps), where offset = 0.5 for even L: an
+    even number of integers, {-L/2, ..., L/2 - 1}, is not symmetric about zero.
+
+    For even L we shift the input by `arctanh(offset / half_l)` so that bound(0) = 0 exactly, the centre of the
+    grid. The paper's listing writes `tan` here; the authors confirmed that is a slip (it gives bound(0) = -1.4e-5 for
+    L = 8, which "barely matters"). We use the exact inverse.
+
+    Computed in float32 whatever the input dtype, returned in float32.
+
+    Args:
+      z: latents, [..., D], any float dtype.
+      levels: the number of values of each channel, D ints >= 3.
+    Returns:
+      float32 [..., D]; rounding channel i gives an integer in [-(L_i // 2), (L_i - 1) // 2].
+    References: paper Section 3 and Appendix A.1 (code listing).
+    """
+    levels = check_levels(levels)
+    _check_channels(z, levels)
+    L = np.asarray(levels, np.float64)
+    half_l = (L - 1) * (1 - _EPS) / 2
+    offset = np.where(L % 2 == 0, 0.5, 0.0)
+    shift = np.arctanh(offset / half_l)
+    # float32 even for bf16 inputs: bf16 has 8 bits of mantissa, too few to place 1000 codes apart (ANCHORS.md).
+    z = z.astype(jnp.float32)
+    return jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32) - offset.astype(np.float32)
+
+
+def round_ste(x: Float[Array, "..."]) -> Float[Array, "..."]:
+    """Round to the nearest integer, with the straight-through gradient (identity in the backward pass).
+
+    Rounding has zero gradient almost everywhere; passing the gradient straight through lets the encoder learn as if
+    the quantizer were the identity (paper Section 3, "straight-through estimator").
+    """
+    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+
+
+def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
+    """Quantize latents to the FSQ grid: codes = round_ste(bound(z)) / (L // 2), each channel in [-1, 1].
+
+    Args:
+      z: latents, [..., D], any float dtype.
+      levels: D ints >= 3.
+    Returns:
+      codes in the dtype of `z`, same shape; channel i takes L_i values, k / (L_i // 2) for integer k.
+    References: paper Eq. 1-2 and Appendix A.1.
+    """
+    levels = check_levels(levels)
+    half_width = np.asarray([l // 2 for l in levels], np.float32)
+    return (round_ste(bound(z, levels)) / half_width).astype(z.dtype)
+
+
+def _basis(levels: tuple[int, ...]) -> np.ndarray:
+    # Mixed radix with the first channel least significant: [1, L0, L0*L1, ...].
+    return np.cumprod((1,) + levels[:-1]).astype(np.int32)
+
+
+def codes_to_indices(codes: Float[Array, "... D"], levels) -> Int[Array, "..."]:
+    """Map codes on the grid to their index in the implicit codebook, int32 in [0, K).
+
+    Each channel's code is turned into its integer digit in [0, L_i) by rounding, never by truncation, so codes that
+    picked up rounding error (from bf16, say) still land on the right digit; the digits are then read as a mixed-radix
+    number, first channel least significant. Exact for float32 codes; bf16 codes are exact while L_i // 2 <= 128.
+
+    References: paper Appendix A.1 (`codes_to_indexes`).
+    """
+    levels = check_levels(levels)
+    _check_channels(codes, levels)
+    half_width = np.asarray([l // 2 for l in levels], np.float32)
+    digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
+    return jnp.sum(digits * _basis(levels), axis=-1, dtype=jnp.int32)
+
+
+def indices_to_codes(indices: Int[Array, "..."], levels) -> Float[Array, "... D"]:
+    """Inverse of `codes_to_indices`: digit_i = (index // basis_i) % L_i, code_i = (digit_i - L_i // 2) / (L_i // 2).
+
+    Integer arithmetic throughout (jnp, not NumPy, so it traces under jit).
+
+    Returns:
+      float32 codes [..., D].
+    """
+    levels = check_levels(levels)
+    indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
+    half_width = np.asarray([l // 2 for l in levels], np.int32)
+    digits = (indices // _basis(levels)) % np.asarray(levels, np.int32)
+    return (digits - half_width).astype(jnp.float32) / half_width.astype(np.float32)
+
+
+def implicit_codebook(levels) -> Float[Array, "K D"]:
+    """The whole codebook as a [K, D] table, row k = indices_to_codes(k). Built only when called."""
+    levels = check_levels(levels)
+    size = math.prod(levels)
+    if size > MAX_MATERIALISED_CODEBOOK:
+        gib = size * len(levels) * 4 / 2**30
+        raise InputError(
+            f"the implicit codebook of levels {list(levels)} has {size} entries ({gib:.1f} GiB as float32); "
+            "use indices_to_codes on the indices you need instead of building the table"
+        )
+    return indices_to_codes(jnp.arange(size, dtype=jnp.int32), levels)
+
+
+def levels_for(size: int) -> tuple[int, ...]:
+    """The paper's recommended levels for a target codebook size (Table 1; 2^4 ... 2^16).
+
+    The actual size prod(levels) is close to, not equal to, the target: levels_for(1024) = (8, 5, 5, 5), 1000 codes.
+    """
+    if size not in RECOMMENDED_LEVELS:
+        known = ", ".join(str(k) for k in RECOMMENDED_LEVELS)
+        raise InputError(
+            f"no recommended levels for codebook size {size}; the paper gives levels for {known}. "
+            "Pick one of those, or pass explicit levels (e.g. --levels 8,5,5,5)"
+        )
+    return RECOMMENDED_LEVELS[size]
+
+
+class Quantized(NamedTuple):
+    """What every quantizer returns (FSQ here, VQ in vq.py), so a model can switch between them."""
+
+    codes: Float[Array, "... D"]  # quantized latents with a straight-through gradient, in the input dtype
+    indices: Int[Array, "..."]  # int32 codebook indices in [0, K)
+    loss: Float[Array, ""]  # auxiliary loss to add to the training objective (0 for FSQ)
+    metrics: dict[str, Array]  # scalar diagnostics for logging
+
+
+class FSQ(eqx.Module):
+    """FSQ as a quantizer module with the same calling shape as `vq.VQ`.
+
+    FSQ has no parameters and no state: `init_state` returns None and `__call__` hands the state back unchanged.
+    """
+
+    levels: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, levels):
+        self.levels = check_levels(levels)
+
+    @property
+    def dim(self) -> int:
+        return len(self.levels)
+
+    @property
+    def codebook_size(self) -> int:
+        return math.prod(self.levels)
+
+    def init_state(self):
+        return None
+
+    def __call__(self, z: Float[Array, "... D"], state=None, *, key=None, train: bool = False):
+        """Quantize `z`; returns (Quantized, state). `key` and `train` are accepted for parity with VQ."""
+        del key, train
+        # Indices from the float32 codes, so bf16 inputs give exactly the indices of the same values in float32.
+        codes = quantize(z.astype(jnp.float32), self.levels)
+        indices = codes_to_indices(jax.lax.stop_gradient(codes), self.levels)
+        return Quantized(codes.astype(z.dtype), indices, jnp.zeros((), jnp.float32), {}), state
+
+    def indices_to_codes(self, indices: Int[Array, "..."], state=None) -> Float[Array, "... D"]:
+        del state
+        return indices_to_codes(indices, self.levels)

@@ -1,0 +1,169 @@
+"""Properties of the FSQ quantizer (paper Section 3), and parity with the official colab's example."""
+
+import math
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from fsq_ref import fsq
+
+
+def level_tuples(max_size=2**14):
+    """Random level tuples (1-5 channels, 3-10 levels each) whose codebook fits an exhaustive check."""
+    return st.lists(st.integers(3, 10), min_size=1, max_size=5).filter(lambda l: math.prod(l) <= max_size).map(tuple)
+
+
+@st.composite
+def levels_and_latents(draw, max_size=2**14):
+    levels = draw(level_tuples(max_size))
+    n = draw(st.integers(1, 16))
+    z = draw(hnp.arrays(np.float32, (n, len(levels)), elements=st.floats(-20, 20, width=32)))
+    return levels, z
+
+
+def test_colab_example():
+    # The official colab: levels [3, 5, 4], z = [0.25, 0.6, -7] -> code [0, 0.5, -1] -> index 10.
+    codes = fsq.quantize(jnp.array([0.25, 0.6, -7.0]), (3, 5, 4))
+    np.testing.assert_array_equal(codes, [0.0, 0.5, -1.0])
+    assert int(fsq.codes_to_indices(codes, (3, 5, 4))) == 10
+    np.testing.assert_array_equal(fsq.indices_to_codes(jnp.array(10), (3, 5, 4)), [0.0, 0.5, -1.0])
+
+
+@settings(deadline=None, max_examples=30)
+@given(level_tuples())
+def test_code_index_bijection(levels):
+    K = math.prod(levels)
+    indices = jnp.arange(K, dtype=jnp.int32)
+    codes = fsq.indices_to_codes(indices, levels)
+    np.testing.assert_array_equal(fsq.codes_to_indices(codes, levels), indices)
+    assert len(np.unique(np.asarray(codes), axis=0)) == K  # distinct codes: a bijection, not just a left inverse
+    np.testing.assert_array_equal(fsq.implicit_codebook(levels), codes)
+
+
+@settings(deadline=None, max_examples=40)
+@given(levels_and_latents())
+def test_codes_on_grid_within_unit_interval(args):
+    levels, z = args
+    codes = np.asarray(fsq.quantize(jnp.asarray(z), levels))
+    half = np.array([l // 2 for l in levels])
+    digits = codes * half
+    np.testing.assert_allclose(digits, np.round(digits), atol=1e-6)
+    assert np.all(np.abs(codes) <= 1.0)
+    assert np.all(np.round(digits) >= -half) and np.all(np.round(digits) <= (np.array(levels) - 1) // 2)
+    indices = np.asarray(fsq.codes_to_indices(jnp.asarray(codes), levels))
+    assert np.all((indices >= 0) & (indices < math.prod(levels)))
+
+
+@settings(deadline=None, max_examples=30)
+@given(level_tuples())
+def test_every_level_of_every_channel_is_reachable(levels):
+    z = jnp.tile(jnp.linspace(-8.0, 8.0, 2001)[:, None], (1, len(levels)))
+    codes = np.asarray(fsq.quantize(z, levels))
+    for i, L in enumerate(levels):
+        assert len(np.unique(codes[:, i])) == L
+
+
+@settings(deadline=None, max_examples=30)
+@given(levels_and_latents(), st.integers(0, 2**31 - 1))
+def test_straight_through_gradient(args, seed):
+    # d quantize / dz must equal d (bound / (L // 2)) / dz: rounding passes the gradient straight through.
+    levels, z = args
+    w = jax.random.normal(jax.random.key(seed), z.shape)
+    half = jnp.array([l // 2 for l in levels], jnp.float32)
+    g_q = jax.grad(lambda z: jnp.sum(w * fsq.quantize(z, levels)))(jnp.asarray(z))
+    g_b = jax.grad(lambda z: jnp.sum(w * fsq.bound(z, levels) / half))(jnp.asarray(z))
+    np.testing.assert_allclose(g_q, g_b, rtol=1e-6, atol=1e-7)
+
+
+@settings(deadline=None, max_examples=30)
+@given(level_tuples(max_size=2**16), st.integers(0, 2**31 - 1))
+def test_bfloat16_gives_the_same_indices_as_float32(levels, seed):
+    z = (3 * jax.random.normal(jax.random.key(seed), (512, len(levels)))).astype(jnp.bfloat16)
+    q = fsq.FSQ(levels)
+    out_bf16, _ = q(z)
+    out_f32, _ = q(z.astype(jnp.float32))
+    assert out_bf16.codes.dtype == jnp.bfloat16 and out_bf16.indices.dtype == jnp.int32
+    np.testing.assert_array_equal(out_bf16.indices, out_f32.indices)
+    # Levels this small have codes exact enough in bf16 to index from them directly too.
+    np.testing.assert_array_equal(fsq.codes_to_indices(out_bf16.codes, levels), out_f32.indices)
+
+
+def test_bfloat16_large_codebook_reaches_every_index():
+    # ANCHORS.md: indices computed in bf16 made 1001 collapse onto 1000. All 64000 codes of [8,8,8,5,5,5] must
+    # survive a round trip through bf16 codes.
+    levels = (8, 8, 8, 5, 5, 5)
+    codes = fsq.indices_to_codes(jnp.arange(64000), levels).astype(jnp.bfloat16)
+    np.testing.assert_array_equal(fsq.codes_to_indices(codes, levels), np.arange(64000))
+
+
+@settings(deadline=None, max_examples=15)
+@given(levels_and_latents(max_size=2**12))
+def test_jit_and_vmap_match_eager(args):
+    levels, z = args
+    z = jnp.asarray(z)
+    q = fsq.FSQ(levels)
+    eager, _ = q(z)
+    jitted, _ = jax.jit(q)(z)
+    mapped = jax.vmap(lambda row: q(row)[0].indices)(z)
+    np.testing.assert_array_equal(jitted.codes, eager.codes)
+    np.testing.assert_array_equal(jitted.indices, eager.indices)
+    np.testing.assert_array_equal(mapped, eager.indices)
+    inv = jax.jit(jax.vmap(lambda i: fsq.indices_to_codes(i, levels)))(eager.indices)
+    np.testing.assert_array_equal(inv, eager.codes)
+
+
+@pytest.mark.parametrize("L", [4, 6, 8, 10, 16])
+def test_even_levels_are_centred(L):
+    # With the exact arctanh shift, bound(0) is the centre of the grid (the listing's tan is off by ~1e-5).
+    assert abs(float(fsq.bound(jnp.zeros(1), (L,))[0])) < 1e-6
+    grid = np.unique(np.asarray(fsq.quantize(jnp.linspace(-9, 9, 4001)[:, None], (L,))))
+    np.testing.assert_allclose(grid, (np.arange(L) - L // 2) / (L // 2))  # asymmetric: L=8 -> -1 ... 0.75
+
+
+@pytest.mark.parametrize(
+    "levels, message",
+    [
+        ((), "must not be empty"),
+        ((8, 2.5), "integers"),
+        ((8, 1, 5), ">= 3"),
+        ((8, 2), ">= 3"),
+        ((2**16, 2**16), "int32"),
+        (5, "sequence"),
+    ],
+)
+def test_invalid_levels_are_rejected_clearly(levels, message):
+    with pytest.raises(ValueError, match=message):
+        fsq.quantize(jnp.zeros(3), levels)
+
+
+def test_channel_mismatch_is_rejected_clearly():
+    with pytest.raises(ValueError, match="one channel per level"):
+        fsq.quantize(jnp.zeros((4, 3)), (8, 5, 5, 5))
+    with pytest.raises(ValueError, match="one channel per level"):
+        fsq.codes_to_indices(jnp.zeros((4, 3)), (8, 5))
+
+
+def test_levels_for_matches_the_paper_table():
+    # The "actual size" row of the paper's Table 1.
+    actual = {16: 15, 64: 64, 256: 240, 512: 512, 1024: 1000, 2048: 1920, 4096: 4375, 16384: 15360, 65536: 64000}
+    assert set(fsq.RECOMMENDED_LEVELS) == set(actual)
+    for size, levels in fsq.RECOMMENDED_LEVELS.items():
+        assert fsq.levels_for(size) == levels
+        assert fsq.codebook_size(levels) == actual[size]
+    assert fsq.levels_for(1024) == (8, 5, 5, 5)
+    with pytest.raises(ValueError, match="1000"):
+        fsq.levels_for(1000)
+
+
+def test_implicit_codebook_is_only_built_on_demand():
+    # [4]*16 would be 34 GB (ANCHORS.md); asking for it is an error, quantizing with it is fine.
+    levels = (5,) * 12
+    with pytest.raises(ValueError, match="GiB"):
+        fsq.implicit_codebook(levels)
+    out, _ = fsq.FSQ(levels)(jnp.ones((2, 12)))
+    assert out.indices.shape == (2,)

@@ -1,0 +1,139 @@
+"""Properties of the VQ baseline: nearest-neighbour lookup, gradients, EMA dictionary, splitting, data parallelism."""
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from jax.sharding import Mesh, PartitionSpec as P
+
+from fsq_ref import vq
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    hnp.arrays(np.float32, (24, 4), elements=st.floats(-5, 5, width=32)),
+    hnp.arrays(np.float32, (16, 4), elements=st.floats(-5, 5, width=32), unique=True),
+)
+def test_index_is_the_brute_force_nearest_neighbour(x, codebook):
+    indices, _ = vq.nearest(jnp.asarray(x), jnp.asarray(codebook))
+    dist = ((x[:, None, :].astype(np.float64) - codebook[None].astype(np.float64)) ** 2).sum(-1)
+    best = dist.min(axis=1)
+    chosen = dist[np.arange(len(x)), np.asarray(indices)]
+    # The chosen code is at the minimum distance (ties and float32 rounding may pick an equally near one).
+    np.testing.assert_allclose(chosen, best, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_reaches_the_input_and_the_codebook(key):
+    q = vq.VQ(16, 4, entropy_weight=0.1, key=key)
+    z = jr.normal(jr.key(1), (2, 3, 3, 4))
+
+    def loss(q, z):
+        out, _ = q(z, train=True)
+        return jnp.sum(out.codes**2) + out.loss
+
+    g_q, g_z = jax.grad(loss, argnums=(0, 1))(q, z)
+    assert jnp.all(jnp.isfinite(g_z)) and jnp.any(g_z != 0)
+    assert jnp.any(g_q.codebook != 0)  # the codebook and entropy losses train the dictionary
+
+
+def test_straight_through_forward_is_the_codeword(key):
+    q = vq.VQ(8, 3, key=key)
+    z = jr.normal(jr.key(2), (5, 3))
+    out, _ = q(z)
+    np.testing.assert_allclose(out.codes, q.codewords(None)[out.indices], rtol=1e-6)
+    np.testing.assert_allclose(q.indices_to_codes(out.indices), out.codes, rtol=1e-6)
+
+
+def test_ema_step_moves_codewords_toward_the_mean_of_their_assignments(key):
+    q = vq.VQ(8, 2, ema_decay=0.9, key=key)
+    state = q.init_state(key=jr.key(3))
+    z = 3.0 + jr.normal(jr.key(4), (64, 2))
+    out, new_state = q(z, state, train=True)
+    old, new = q.codewords(state), q.codewords(new_state)
+    for k in np.unique(out.indices):
+        mean = jnp.mean(z[out.indices == k], axis=0)
+        assert jnp.linalg.norm(new[k] - mean) < jnp.linalg.norm(old[k] - mean)
+        # Exactly the convex combination of the old codeword and the batch mean.
+        n = jnp.sum(out.indices == k).astype(jnp.float32)
+        w = 0.9 * state.counts[k] / (0.9 * state.counts[k] + n)
+        np.testing.assert_allclose(new[k], w * old[k] + (1 - w) * mean, rtol=1e-5)
+    unused = np.setdiff1d(np.arange(8), np.asarray(out.indices))
+    np.testing.assert_allclose(new[unused], old[unused], rtol=1e-6)  # unassigned codes keep their place
+
+
+def test_ema_codebook_gets_no_gradient_and_state_is_returned_not_mutated(key):
+    q = vq.VQ(8, 2, ema_decay=0.99, key=key)
+    assert q.codebook is None
+    state = q.init_state(key=jr.key(5))
+    before = jax.tree.map(np.array, state)
+    _, new_state = q(jr.normal(key, (16, 2)), state, train=True)
+    jax.tree.map(np.testing.assert_array_equal, state, before)
+    assert not np.allclose(new_state.counts, state.counts)
+    _, eval_state = q(jr.normal(key, (16, 2)), state, train=False)
+    assert eval_state is state
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.integers(0, 2**31 - 1), st.integers(4, 64))
+def test_after_splitting_no_code_is_dead(seed, K):
+    k1, k2 = jr.split(jr.key(seed))
+    counts = jnp.where(jr.uniform(k1, (K,)) < 0.5, 0.0, 1.0 + 100 * jr.uniform(k2, (K,)))
+    counts = counts.at[0].set(500.0)  # enough mass to lift every code over the threshold
+    state = vq.VQState(jr.normal(k1, (K, 3)), counts)
+    split = vq.split_dead_codes(state, 0.1, k2)
+    assert jnp.all(split.counts >= 0.1)
+    np.testing.assert_allclose(jnp.sum(split.counts), jnp.sum(counts), rtol=1e-5)  # mass is conserved
+
+
+def test_training_with_splitting_revives_a_collapsed_dictionary(key):
+    # All latents start near one code; UViM's splitting spreads the dictionary until every code is in use.
+    q = vq.VQ(16, 2, ema_decay=0.9, split_threshold=0.1, key=key)
+    state = q.init_state(key=key)
+    step = jax.jit(lambda z, s, k: q(z, s, key=k, train=True)[1])
+    for i in range(200):
+        z = jr.normal(jr.key(i), (256, 2)) * 2.0
+        state = step(z, state, jr.key(1000 + i))
+    out, _ = q(jr.normal(jr.key(9999), (4096, 2)) * 2.0, state)
+    assert len(np.unique(out.indices)) == 16
+
+
+def test_entropy_loss_prefers_confident_and_diverse_assignments():
+    confident_diverse = jnp.eye(8) * 50.0
+    collapsed = jnp.zeros((8, 8)).at[:, 0].set(50.0)
+    uncertain = jnp.zeros((8, 8))
+    assert vq.entropy_loss(confident_diverse) < vq.entropy_loss(collapsed)
+    assert vq.entropy_loss(confident_diverse) < vq.entropy_loss(uncertain)
+
+
+def test_ema_statistics_are_summed_across_devices(key):
+    # Data parallelism with shard_map: each device sees a quarter of the batch; with axis_name the EMA update is the
+    # one a single device makes on the whole batch.
+    devices = np.array(jax.devices()[:4])
+    if len(devices) < 4:
+        pytest.skip("needs 4 (simulated) devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
+    mesh = Mesh(devices, ("data",))
+    q_single = vq.VQ(8, 3, ema_decay=0.95, key=key)
+    q_sharded = vq.VQ(8, 3, ema_decay=0.95, axis_name="data", key=key)
+    state = q_single.init_state(key=key)
+    z = jr.normal(jr.key(7), (64, 3))
+
+    _, expected = q_single(z, state, train=True)
+    sharded = jax.shard_map(
+        lambda z, s: q_sharded(z, s, train=True)[1], mesh=mesh, in_specs=(P("data"), P()), out_specs=P()
+    )
+    got = jax.jit(sharded)(z, state)
+    np.testing.assert_allclose(got.counts, expected.counts, rtol=1e-6)
+    np.testing.assert_allclose(got.sums, expected.sums, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_configuration_is_rejected_clearly(key):
+    with pytest.raises(ValueError, match="ema_decay"):
+        vq.VQ(8, 2, split_threshold=0.1, key=key)
+    with pytest.raises(ValueError, match="channels"):
+        vq.VQ(8, 2, key=key)(jnp.zeros((3, 5)))
+    with pytest.raises(ValueError, match="init_state"):
+        vq.VQ(8, 2, ema_decay=0.9, key=key)(jnp.zeros((3, 2)))
