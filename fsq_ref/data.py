@@ -1,0 +1,323 @@
+"""Image datasets for training and evaluating tokenizers, in plain numpy.
+
+The paper trains its tokenizers on ImageNet-scale data; a reference implementation has to run on a laptop, so this
+module offers four sources behind one small interface (`load`): Fashion-MNIST from its IDX files, a procedural set
+generated in code (no files, ten visually distinct classes), an `.npz` file, and a folder of PNG/JPEG images.
+Every source hands out the same thing: uint8 images, channels last, and int32 labels or None.
+
+Batches are drawn by `batch_indices`, a pure function of (n, batch_size, seed, step): resuming training at step t
+sees exactly the batches an uninterrupted run would have seen, without saving any iterator state.
+
+Legend: N examples in a split, B batch, H W image height and width, C channels (1 grayscale, 3 RGB).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+from PIL import Image
+
+from fsq_ref.errors import InputError
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's `dataset-fashion-mnist` puts the files
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+_IDX_FILES = {"train": "train", "test": "t10k"}  # split -> file prefix
+_PROCEDURAL_SIZES = {"train": 2048, "test": 512}
+_HELD_OUT_SPLITS = ("train", "test", "all")  # for .npz files and image folders
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+class Dataset(Protocol):
+    """What training and evaluation need from a dataset: a length, a shape, and random access by index."""
+
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    num_classes: int | None  # None when the data has no labels
+
+    def __len__(self) -> int: ...
+
+    def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Returns uint8 images [B, H, W, C] and int32 labels [B] (or None) for the int indices `idx` [B]."""
+        ...
+
+
+class ArrayDataset:
+    """Images held in memory (Fashion-MNIST, procedural, .npz), converted to `image_shape` batch by batch."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None, num_classes: int | None,
+                 image_size: int | None = None, channels: int | None = None):
+        _, h, w, c = images.shape
+        self.images, self.labels, self.num_classes = images, labels, num_classes
+        self.image_shape = (image_size or h, image_size or w, channels or c)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        images = self.images[idx]
+        labels = None if self.labels is None else self.labels[idx]
+        if images.shape[1:] == self.image_shape:
+            return images, labels
+        # Converting only the batch keeps `load` instant even when every Fashion-MNIST image must be resized.
+        out = np.empty((len(images), *self.image_shape), np.uint8)
+        for i, image in enumerate(images):
+            out[i] = _fit(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), *self.image_shape[1:])
+        return out, labels
+
+
+class ImageFolder:
+    """A folder of PNG/JPEG files, decoded lazily in `get` so that a folder larger than memory still works."""
+
+    def __init__(self, paths: list[Path], labels: np.ndarray | None, class_names: tuple[str, ...] | None,
+                 image_size: int, channels: int):
+        self.paths, self.labels, self.class_names = paths, labels, class_names
+        self.num_classes = None if class_names is None else len(class_names)
+        self.image_shape = (image_size, image_size, channels)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        out = np.empty((len(idx), *self.image_shape), np.uint8)
+        for i, j in enumerate(idx):
+            path = self.paths[j]
+            try:
+                with Image.open(path) as image:
+                    out[i] = _fit(image, *self.image_shape[1:])
+            except OSError as e:  # also PIL's UnidentifiedImageError
+                raise InputError(f"cannot read image {path} ({e}): delete or replace the file") from None
+        return out, None if self.labels is None else self.labels[idx]
+
+
+def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_size: int | None = None,
+         channels: int | None = None, seed: int = 0) -> Dataset:
+    """Opens a dataset by name or path.
+
+    Args:
+      spec: "fashion-mnist", "procedural" or "procedural:N" (N examples in each split), a path to an .npz file
+        holding `images` (uint8 [N, H, W] or [N, H, W, C]) and optionally `labels` (int [N]), or a folder of images
+        (one subfolder per class, or no subfolders for unlabelled data).
+      split: "train" or "test"; .npz files and folders also take "all", and hold out a seeded 10% as "test".
+      data_dir: where to look for the Fashion-MNIST IDX files first (then $FSQ_DATA_DIR, then FASHION_MNIST_DIR).
+      image_size: side of the square images to produce; native size when None (64 for image folders).
+      channels: 1 (grayscale) or 3 (RGB); native when None (3 for image folders).
+      seed: seeds the procedural images and the held-out split.
+
+    Returns:
+      A `Dataset` whose `get` returns uint8 [B, H, W, C] images and int32 [B] labels or None.
+    """
+    if image_size is not None and image_size < 1:
+        raise InputError(f"image_size must be a positive number of pixels; got {image_size}")
+    if channels not in (None, 1, 3):
+        raise InputError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}")
+    if seed < 0:
+        raise InputError(f"seed must be >= 0; got {seed}")
+    if spec == "fashion-mnist":
+        return _fashion_mnist(_check_split(split, tuple(_IDX_FILES)), data_dir, image_size, channels)
+    if spec == "procedural" or spec.startswith("procedural:"):
+        return _procedural(spec, _check_split(split, tuple(_PROCEDURAL_SIZES)), seed, image_size or 28, channels or 1)
+    if spec.endswith(".npz"):
+        return _npz(spec, _check_split(split, _HELD_OUT_SPLITS), seed, image_size, channels)
+    if os.path.isdir(spec):
+        return _folder(spec, _check_split(split, _HELD_OUT_SPLITS), seed, image_size or 64, channels or 3)
+    raise InputError(f"unknown dataset {spec!r}: use 'fashion-mnist', 'procedural', 'procedural:N', "
+                     "a path to an .npz file, or an existing folder of PNG/JPEG images")
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+    """The example indices of training batch `step`: int64 [batch_size].
+
+    Each epoch is a fresh permutation of range(n) seeded by (seed, epoch), cut into n // batch_size batches; the
+    remainder is dropped so that every batch has the same shape (one jit compilation). Because this is a pure
+    function of its arguments, resuming at any step needs nothing but the step number.
+    """
+    if not 1 <= batch_size <= n:
+        raise InputError(f"batch_size must be between 1 and the dataset size {n}; got {batch_size}")
+    if seed < 0 or step < 0:
+        raise InputError(f"seed and step must be >= 0; got seed={seed}, step={step}")
+    epoch, position = divmod(step, n // batch_size)
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return order[position * batch_size:(position + 1) * batch_size].astype(np.int64)
+
+
+def iterate(ds: Dataset, batch_size: int, *, seed: int,
+            start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Training batches for step = start_step, start_step + 1, ... forever (see `batch_indices`)."""
+    for step in itertools.count(start_step):
+        yield ds.get(batch_indices(len(ds), batch_size, seed, step))
+
+
+def eval_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Every example once, in order; the last batch holds the remainder and may be smaller."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1; got {batch_size}")
+    for start in range(0, len(ds), batch_size):
+        yield ds.get(np.arange(start, min(start + batch_size, len(ds))))
+
+
+def _check_split(split: str, valid: tuple[str, ...]) -> str:
+    if split not in valid:
+        raise InputError(f"unknown split {split!r}: use one of {', '.join(valid)}")
+    return split
+
+
+def _fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
+    """Scales the shorter side to `size`, crops the centre square, and converts to `channels`: uint8 [H, W, C]."""
+    image = image.convert("L" if channels == 1 else "RGB")
+    w, h = image.size
+    if min(w, h) != size or w != h:
+        scale = size / min(w, h)
+        w, h = max(size, round(w * scale)), max(size, round(h * scale))  # max(): rounding must not undershoot
+        image = image.resize((w, h), Image.Resampling.BICUBIC)
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    return np.asarray(image, np.uint8).reshape(size, size, channels)
+
+
+def _fashion_mnist(split: str, data_dir: str | None, image_size: int | None, channels: int | None) -> ArrayDataset:
+    candidates = [d for d in (data_dir, os.environ.get("FSQ_DATA_DIR"), FASHION_MNIST_DIR) if d]
+    prefix = _IDX_FILES[split]
+    for directory in candidates:
+        found = [_find_idx(directory, f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+        if None not in found:
+            images, labels = (_read_idx(path) for path in found)
+            if labels.shape != images.shape[:1] or labels.max() >= len(FASHION_MNIST_CLASSES):
+                raise InputError(f"Fashion-MNIST files in {directory} do not match ({len(images)} images, "
+                                 f"{len(labels)} labels): download the {split} files again")
+            return ArrayDataset(images[..., None], labels.astype(np.int32), len(FASHION_MNIST_CLASSES),
+                                image_size, channels)
+    raise InputError(f"Fashion-MNIST not found in {', '.join(candidates)}: install it with "
+                     "`apt-get install -y dataset-fashion-mnist`, or pass --data-dir DIR / set FSQ_DATA_DIR to a "
+                     f"folder holding {prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz")
+
+
+def _find_idx(directory: str, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (path := Path(directory, name)).is_file():
+            return path
+    return None
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Parses an IDX file of unsigned bytes: magic 0x0000 08 D, then D big-endian uint32 sizes, then the data."""
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # EOFError: a truncated gzip stream
+        raise InputError(f"cannot read {path} ({e}): the file is damaged; download or install it again") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise InputError(f"{path} is not an IDX file of unsigned bytes (bad magic number): download it again")
+    header = 4 + 4 * raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw[4:header], ">u4")) if len(raw) >= header else None
+    if shape is None or len(raw) != header + int(np.prod(shape)):
+        raise InputError(f"{path} is truncated or has trailing bytes (header says shape {shape}, file has "
+                         f"{len(raw)} bytes): download it again")
+    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
+
+
+def _procedural(spec: str, split: str, seed: int, size: int, channels: int) -> ArrayDataset:
+    """Ten classes of simple shapes and stripes with jittered position, size, phase, colour and noise."""
+    count = spec.removeprefix("procedural").removeprefix(":")
+    if count and not (count.isdigit() and int(count) >= 1):
+        raise InputError(f"bad dataset {spec!r}: write 'procedural' or 'procedural:N' with N a positive integer")
+    n = int(count) if count else _PROCEDURAL_SIZES[split]
+    # Seeding with the split's position makes train and test independent draws from the same distribution.
+    rng = np.random.default_rng([seed, list(_PROCEDURAL_SIZES).index(split)])
+    labels = rng.permutation(np.arange(n) % 10).astype(np.int32)  # balanced to within one example per class
+    # Coordinates in [-1, 1] so that every pattern is defined independently of the pixel size.
+    v, u = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    mask = np.empty((n, size, size), bool)
+    for c in range(10):
+        (which,) = np.nonzero(labels == c)
+        cx, cy = rng.uniform(-0.25, 0.25, (2, len(which), 1, 1))
+        r = rng.uniform(0.35, 0.6, (len(which), 1, 1))
+        freq, phase = rng.uniform(2, 3.5, (len(which), 1, 1)), rng.uniform(0, 2 * np.pi, (len(which), 1, 1))
+        mask[which] = _pattern(c, u, v, u - cx, v - cy, r, freq, phase)
+    background = rng.uniform(0, 60, (n, 1, 1, channels))
+    foreground = rng.uniform(150, 255, (n, 1, 1, channels))
+    images = np.where(mask[..., None], foreground, background) + rng.normal(0, 8, (n, size, size, channels))
+    return ArrayDataset(np.clip(np.rint(images), 0, 255).astype(np.uint8), labels, 10)
+
+
+def _pattern(c: int, u: np.ndarray, v: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarray,
+             freq: np.ndarray, phase: np.ndarray) -> np.ndarray:
+    """The foreground mask [B, H, W] of class `c` from the pixel coordinates u, v [H, W], the offsets dx, dy from
+    each example's centre [B, H, W], and its size `r`, stripe frequency and phase [B, 1, 1]."""
+    width = 0.12  # half the line width: lines about 3 pixels wide at 28x28
+    radius, box = np.hypot(dx, dy), np.maximum(abs(dx), abs(dy))
+
+    def stripes(t):  # a square wave along coordinate t
+        return np.sin(np.pi * freq * t + phase) > 0
+
+    match c:
+        case 0: return radius < r  # filled disc
+        case 1: return abs(radius - r) < width  # ring
+        case 2: return box < 0.85 * r  # filled square
+        case 3: return abs(box - 0.85 * r) < width  # outlined square
+        case 4: return stripes(v)  # horizontal stripes
+        case 5: return stripes(u)  # vertical stripes
+        case 6: return stripes((u + v) / np.sqrt(2))  # diagonal stripes
+        case 7: return stripes((u - v) / np.sqrt(2))  # anti-diagonal stripes
+        case 8: return (box < r) & (np.minimum(abs(dx), abs(dy)) < width)  # plus sign
+        case _: return (dy < r) & (abs(dx) < (dy + r) / 2)  # triangle pointing up
+
+
+def _held_out(n: int, split: str, seed: int, source: str) -> np.ndarray:
+    """Sorted indices of `split`: a seeded 10% of the examples is "test", the rest "train"."""
+    if split == "all":
+        return np.arange(n)
+    order = np.random.default_rng(seed).permutation(n)
+    chosen = np.sort(order[:n // 10] if split == "test" else order[n // 10:])
+    if len(chosen) == 0:
+        raise InputError(f"{source} has only {n} examples, too few to hold out 10% as 'test': use split 'all'")
+    return chosen
+
+
+def _npz(path: str, split: str, seed: int, image_size: int | None, channels: int | None) -> ArrayDataset:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {name: f[name] for name in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path} ({e}): give an .npz file written by numpy.savez") from None
+    images, labels = arrays.get("images"), arrays.get("labels")
+    if images is None:
+        raise InputError(f"{path} has no array 'images' (it has {sorted(arrays)}): save the images under that name")
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+        raise InputError(f"{path}: 'images' must be uint8 [N, H, W] or [N, H, W, C] with N >= 1 and C 1 or 3; got "
+                         f"{images.dtype} {list(images.shape)}: convert with images.astype(np.uint8)")
+    num_classes = None
+    if labels is not None:
+        if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or labels.min() < 0:
+            raise InputError(f"{path}: 'labels' must be non-negative integers of shape [{len(images)}]; got "
+                             f"{labels.dtype} {list(labels.shape)}")
+        labels, num_classes = labels.astype(np.int32), int(labels.max()) + 1
+    keep = _held_out(len(images), split, seed, path)
+    return ArrayDataset(images[keep], None if labels is None else labels[keep], num_classes, image_size, channels)
+
+
+def _folder(root: str, split: str, seed: int, image_size: int, channels: int) -> ImageFolder:
+    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not paths:
+        raise InputError(f"no .png/.jpg/.jpeg images under {root}: point at a folder of images")
+    tops = [p.relative_to(root).parts for p in paths]
+    labels, class_names = None, None
+    if any(len(parts) > 1 for parts in tops):  # subfolders present: each one is a class
+        loose = next((p for p, parts in zip(paths, tops) if len(parts) == 1), None)
+        if loose is not None:
+            raise InputError(f"{loose} is outside the class subfolders of {root}: move it into one, or keep all "
+                             "images at the top level for unlabelled data")
+        class_names = tuple(sorted({parts[0] for parts in tops}))
+        labels = np.array([class_names.index(parts[0]) for parts in tops], np.int32)
+    keep = _held_out(len(paths), split, seed, root)
+    return ImageFolder([paths[i] for i in keep], None if labels is None else labels[keep], class_names,
+                       image_size, channels)
