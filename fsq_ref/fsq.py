@@ -115,9 +115,11 @@ def round_ste(x: Float[Array, "..."]) -> Float[Array, "..."]:
     """Round to the nearest integer, with the straight-through gradient (identity in the backward pass).
 
     Rounding has zero gradient almost everywhere; passing the gradient straight through lets the encoder learn as if
-    the quantizer were the identity (paper Section 3, "straight-through estimator").
+    the quantizer were the identity (paper Section 3, "straight-through estimator"). Written as
+    round(x) + (x - sg(x)) rather than x + sg(round(x) - x): x - x is exactly zero, so the forward value is exactly
+    round(x), and decoding a code looked up from its index gives bit for bit the same output.
     """
-    return x + jax.lax.stop_gradient(jnp.round(x) - x)
+    return jax.lax.stop_gradient(jnp.round(x)) + (x - jax.lax.stop_gradient(x))
 
 
 def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:

@@ -194,8 +194,9 @@ class VQ(eqx.Module):
             x = _normalize(x)
         indices, dist = nearest(x, codebook)
         e = codebook[indices]
-        # Straight-through: the forward pass sees the codeword, the backward pass the identity.
-        codes = x + jax.lax.stop_gradient(e - x)
+        # Straight-through: the forward pass sees exactly the codeword (x - sg(x) is exactly zero), the backward pass
+        # the identity.
+        codes = jax.lax.stop_gradient(e) + (x - jax.lax.stop_gradient(x))
 
         commitment = self.commitment * jnp.mean((x - jax.lax.stop_gradient(e)) ** 2)
         metrics = {"vq_commitment": commitment}

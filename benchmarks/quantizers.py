@@ -1,0 +1,80 @@
+"""Throughput of the quantizers: FSQ quantize + indices against VQ nearest-neighbour lookup.
+
+For each paper codebook size (2^8 ... 2^16) it times, on whatever device JAX sees, one jitted call over N latent
+vectors (default one million) with D = len(levels_for(K)) channels for both quantizers, so both see the same
+bottleneck. VQ's distances are computed in chunks (an [N, K] matrix would not fit); FSQ needs no table at all.
+Compilation is excluded; the figure is the median of several repeats.
+
+    python benchmarks/quantizers.py [--vectors 1000000] [--repeats 5]
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+
+from fsq_ref import fsq, vq
+
+SIZES = (2**8, 2**10, 2**12, 2**14, 2**16)
+
+
+def median_seconds(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def fsq_fn(levels):
+    @jax.jit
+    def run(z):
+        codes = fsq.quantize(z, levels)
+        return codes, fsq.codes_to_indices(codes, levels)
+
+    return run
+
+
+def vq_fn(chunk: int):
+    @jax.jit
+    def run(z, codebook):
+        # lax.map over chunks of `chunk` vectors bounds the distance matrix to [chunk, K].
+        chunks = z.reshape(-1, chunk, z.shape[-1])
+        indices = jax.lax.map(lambda x: vq.nearest(x, codebook)[0], chunks).reshape(-1)
+        return codebook[indices], indices
+
+    return run
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--vectors", type=int, default=1_000_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--chunk", type=int, default=4000, help="VQ vectors per distance block (divides --vectors)")
+    args = parser.parse_args()
+
+    device = jax.devices()[0]
+    print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} device(s); jax {jax.__version__}; "
+          f"python {platform.python_version()}; {args.vectors:,} vectors, median of {args.repeats}")
+    print()
+    print("| target K | levels | actual K | D | FSQ M vectors/s | VQ M vectors/s | VQ/FSQ time |")
+    print("|---|---|---|---|---|---|---|")
+    for size in SIZES:
+        levels = fsq.levels_for(size)
+        K, D = fsq.codebook_size(levels), len(levels)
+        z = jr.normal(jr.key(0), (args.vectors, D), jnp.float32)
+        codebook = jr.normal(jr.key(1), (K, D), jnp.float32)
+        t_fsq = median_seconds(fsq_fn(levels), z, repeats=args.repeats)
+        t_vq = median_seconds(vq_fn(args.chunk), z, codebook, repeats=args.repeats)
+        print(f"| 2^{size.bit_length() - 1} | {list(levels)} | {K} | {D} | {args.vectors / t_fsq / 1e6:.1f} | "
+              f"{args.vectors / t_vq / 1e6:.2f} | {t_vq / t_fsq:.0f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

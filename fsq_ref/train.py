@@ -1,0 +1,226 @@
+"""The training loop shared by every trainer: it feeds batches, logs, evaluates and saves; the math is in the task.
+
+A task (the tokenizer here, MaskGIT and UViM elsewhere) supplies its initial state, one jitted step, its batches
+and its evaluation; this loop adds what every run needs:
+
+- data parallelism: a 1-D `jax.sharding.Mesh` over every device JAX sees, the batch split along it and the state
+  replicated, so the jitted step runs unchanged on one CPU or eight GPUs (XLA inserts the gradient all-reduce);
+- a progress bar with the live loss and codebook usage, `metrics.jsonl`, evaluation on held-out data every
+  `eval_every` steps and at the end;
+- one checkpoint file, written atomically every `checkpoint_every` steps and at the end; `resume` continues exactly
+  where it stopped (batches and random keys are functions of the step, the learning rate of the step and the
+  recorded schedule length), so a resumed run ends with the same parameters as an uninterrupted one;
+- two budgets: `steps`, and `time_limit` seconds of wall-clock training. With a time limit and no step count, the
+  first `CALIBRATION_STEPS` steps are timed and the schedule is sized to end when the time runs out; that length is
+  recorded in the checkpoint;
+- Ctrl-C stops at the next step boundary and saves; a second Ctrl-C aborts at once. A NaN or infinite loss stops
+  the run without saving, so the last good checkpoint stays on disk.
+
+The host waits for the device only at logging intervals: steps are dispatched asynchronously in between.
+"""
+
+import dataclasses
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import click
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fsq_ref import checkpoint
+from fsq_ref.errors import InputError
+from fsq_ref.metrics import codebook_stats
+
+CHECKPOINT = "checkpoint.fsq"
+CALIBRATION_STEPS = 30  # timed to size a time-limited schedule; the warm-up always covers them
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    steps: int | None = None  # length of the schedule; None: sized from time_limit
+    time_limit: float | None = None  # seconds of training, compilation included
+    batch_size: int = 128
+    seed: int = 0
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    log_every: int = 25
+    eval_every: int = 1000
+    checkpoint_every: int = 1000
+
+    def __post_init__(self):
+        if self.steps is None and self.time_limit is None:
+            raise InputError("give a budget: --steps N, --time-limit SECONDS, or both")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"--steps must be >= 1; got {self.steps}")
+        if self.time_limit is not None and self.time_limit <= 0:
+            raise InputError(f"--time-limit must be > 0 seconds; got {self.time_limit}")
+        if self.batch_size < 1:
+            raise InputError(f"--batch-size must be >= 1; got {self.batch_size}")
+
+
+class Task(Protocol):
+    """What a trainer plugs into `run`."""
+
+    kind: str  # recorded in the checkpoint header ("autoencoder", "maskgit", ...)
+    header: dict  # JSON-serialisable description (config, data, ...) recorded in the checkpoint
+    codebook_size: int  # for the live usage display
+
+    def init_state(self, key) -> object: ...
+
+    def step(self, state, batch, key, lr) -> tuple[object, dict, jax.Array]:
+        """(state, batch, key, lr) -> (state, scalar stats, int32 [K] code histogram of the batch)."""
+        ...
+
+    def batches(self, start_step: int) -> Iterator[tuple]: ...
+
+    def evaluate(self, state, workdir: Path) -> dict: ...
+
+
+def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to `peak` over `warmup` steps, then cosine decay to zero at `total`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named "data" over `devices` (default: every device JAX sees)."""
+    return Mesh(np.array(devices or jax.devices()), ("data",))
+
+
+# Settings that fix what a step computes: a resumed run must use the same ones to continue the same trajectory.
+_RESUME_MUST_MATCH = ("batch_size", "seed", "learning_rate", "warmup_steps", "weight_decay")
+
+
+def _shard_batch(batch, mesh: Mesh):
+    sharding = NamedSharding(mesh, P("data"))
+    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+
+
+class _StopOnInterrupt:
+    """Turns the first Ctrl-C into a request to stop at the next step boundary; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def _finite(stats: dict) -> bool:
+    return all(math.isfinite(v) for v in stats.values())
+
+
+def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = False, devices=None,
+        echo: Callable[[str], None] = click.echo) -> tuple[object, dict | None]:
+    """Train `task` in `workdir` on `devices` (default: all); returns (final state, final evaluation).
+
+    The evaluation is None when the run was interrupted (Ctrl-C): it saved its state and can be resumed.
+    """
+    workdir = Path(workdir)
+    path = workdir / CHECKPOINT
+    mesh = data_mesh(devices)
+    if loop.batch_size % mesh.size:
+        raise InputError(f"--batch-size {loop.batch_size} must be a multiple of the {mesh.size} devices JAX sees")
+    key = jr.key(loop.seed)
+    state = task.init_state(jr.fold_in(key, 0))
+    start, total = 0, loop.steps
+    if resume:
+        header, state = checkpoint.load(path, state)
+        saved_loop, now = header.get("loop", {}), dataclasses.asdict(loop)
+        if (header.get("kind") != task.kind or header.get("task") != json.loads(json.dumps(task.header))
+                or any(saved_loop.get(k) != now[k] for k in _RESUME_MUST_MATCH)):
+            raise InputError(f"{path} was trained with other settings; resume with the same options, or use a new "
+                             "--workdir")
+        start, total = header["step"], header["total_steps"]
+    elif path.exists():
+        raise InputError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or choose a new --workdir")
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+
+    def save(state, step):
+        checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
+                               "loop": dataclasses.asdict(loop)}, state)
+
+    def log(record):
+        with open(workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    warmup = max(loop.warmup_steps, CALIBRATION_STEPS)
+    started = time.perf_counter()
+    hist = jnp.zeros((task.codebook_size,), jnp.int32)
+    step, calib_start, shown = start, None, ""
+    bar_length = total or int(1e9)
+    with _StopOnInterrupt() as interrupt, click.progressbar(
+        length=bar_length, label=f"training {task.kind}", item_show_func=lambda _: shown, file=None
+    ) as bar:
+        bar.update(start)
+        batches = task.batches(start)
+        while total is None or step < total:
+            batch = _shard_batch(next(batches), mesh)
+            lr = learning_rate(step, total or 10**9, loop.learning_rate, warmup)
+            state, stats, batch_hist = task.step(state, batch, jr.fold_in(key, step + 1), jnp.float32(lr))
+            hist = hist + batch_hist
+            step += 1
+            elapsed = time.perf_counter() - started
+            if total is None:  # size the schedule to the time budget from the speed of steps 10..30
+                if step == 10:
+                    jax.block_until_ready(stats)
+                    calib_start = time.perf_counter()
+                elif step == CALIBRATION_STEPS:
+                    jax.block_until_ready(stats)
+                    per_step = (time.perf_counter() - calib_start) / (CALIBRATION_STEPS - 10)
+                    remaining = loop.time_limit - (time.perf_counter() - started)
+                    total = step + max(0, int(0.95 * remaining / per_step))  # 5% reserve for logging and saving
+                    bar.length = total
+            if step % loop.log_every == 0 or step == total:
+                stats = {k: float(v) for k, v in stats.items()}
+                if not _finite(stats):
+                    raise TrainingDiverged(
+                        f"the loss became {stats['loss']} by step {step}; the last good checkpoint (if any) is kept "
+                        f"at {path}: lower --learning-rate and train again")
+                usage = codebook_stats(hist)["usage"]
+                hist = jnp.zeros_like(hist)
+                log({"step": step, "split": "train", **stats, "usage": usage, "lr": lr,
+                     "seconds": round(elapsed, 2)})
+                shown = f"loss {stats['loss']:.4f}  usage {usage:.1%}"
+            bar.update(1)
+            if loop.time_limit is not None and elapsed >= loop.time_limit:
+                echo(f"\ntime limit of {loop.time_limit:g} s reached at step {step}")
+                break
+            if interrupt.requested:
+                echo(f"\ninterrupted at step {step}: saving")
+                break
+            if step % loop.checkpoint_every == 0:
+                save(state, step)
+            if step % loop.eval_every == 0 and step != total:
+                log({"step": step, "split": "eval", **task.evaluate(state, workdir)})
+    save(state, step)
+    if interrupt.requested:
+        echo(f"saved {path} at step {step}: continue with --resume")
+        return state, None
+    evaluation = task.evaluate(state, workdir)
+    log({"step": step, "split": "eval", **evaluation})
+    return state, evaluation
