@@ -3,7 +3,7 @@
 For each paper codebook size (2^8 ... 2^16) it times, on whatever device JAX sees, one jitted call over N latent
 vectors (default one million) with D = len(levels_for(K)) channels for both quantizers, so both see the same
 bottleneck. VQ's distances are computed in chunks (an [N, K] matrix would not fit); FSQ needs no table at all.
-Compilation is excluded; the figure is the median of several repeats.
+Compilation is excluded; the figure is the median of several repeats (VQ's stop after a minute of timing).
 
     python benchmarks/quantizers.py [--vectors 1000000] [--repeats 5]
 """
@@ -22,14 +22,16 @@ from fsq_ref import fsq, vq
 SIZES = (2**8, 2**10, 2**12, 2**14, 2**16)
 
 
-def median_seconds(fn, *args, repeats: int) -> float:
+def median_seconds(fn, *args, repeats: int, budget: float = 60.0) -> tuple[float, int]:
+    """Median wall time of `repeats` calls (compilation and one warm-up call excluded), stopping early once `budget`
+    seconds have been spent, so that slow configurations finish; returns (median, calls timed)."""
     jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
-    for _ in range(repeats):
+    while len(times) < repeats and sum(times) < budget:
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(times), len(times)
 
 
 def fsq_fn(levels):
@@ -61,19 +63,19 @@ def main():
 
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} device(s); jax {jax.__version__}; "
-          f"python {platform.python_version()}; {args.vectors:,} vectors, median of {args.repeats}")
+          f"python {platform.python_version()}; {args.vectors:,} vectors, median of {args.repeats}", flush=True)
     print()
-    print("| target K | levels | actual K | D | FSQ M vectors/s | VQ M vectors/s | VQ/FSQ time |")
+    print("| target K | levels | actual K | D | FSQ M vectors/s | VQ M vectors/s (calls timed) | VQ/FSQ time |")
     print("|---|---|---|---|---|---|---|")
     for size in SIZES:
         levels = fsq.levels_for(size)
         K, D = fsq.codebook_size(levels), len(levels)
         z = jr.normal(jr.key(0), (args.vectors, D), jnp.float32)
         codebook = jr.normal(jr.key(1), (K, D), jnp.float32)
-        t_fsq = median_seconds(fsq_fn(levels), z, repeats=args.repeats)
-        t_vq = median_seconds(vq_fn(args.chunk), z, codebook, repeats=args.repeats)
+        t_fsq, _ = median_seconds(fsq_fn(levels), z, repeats=args.repeats)
+        t_vq, n_vq = median_seconds(vq_fn(args.chunk), z, codebook, repeats=args.repeats)
         print(f"| 2^{size.bit_length() - 1} | {list(levels)} | {K} | {D} | {args.vectors / t_fsq / 1e6:.1f} | "
-              f"{args.vectors / t_vq / 1e6:.2f} | {t_vq / t_fsq:.0f}x |", flush=True)
+              f"{args.vectors / t_vq / 1e6:.3f} ({n_vq}) | {t_vq / t_fsq:.0f}x |", flush=True)
 
 
 if __name__ == "__main__":

@@ -82,7 +82,8 @@ def with_data_options(fn):
 @click.option("--preset", default="fashion-mnist", show_default=True, help="network size: tiny, fashion-mnist, ...")
 @click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate schedule)")
 @click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True,
+              help="small batches make more steps per second on a CPU; raise it on an accelerator")
 @click.option("--learning-rate", type=float, default=2e-3, show_default=True, help="peak learning rate")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--eval-every", type=int, default=1000, show_default=True)
@@ -205,6 +206,10 @@ def load_tokens(path, model, header) -> np.ndarray:
     indices = arrays.get("indices")
     if indices is None or indices.dtype.kind not in "iu":
         raise InputError(f"{path} has no integer array 'indices': give an .npz written by `fsq encode`")
+    made_by = str(arrays.get("tokenizer", header["sha256"]))
+    if made_by != header["sha256"]:
+        raise InputError(f"{path} was encoded by another tokenizer (checkpoint {made_by[:12]}, this one is "
+                         f"{header['sha256'][:12]}): decode with the --workdir that encoded it")
     ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
     grid_shape = (ae.token_grid, ae.token_grid)
     if indices.ndim != 3 or indices.shape[1:] != grid_shape:
@@ -238,3 +243,7 @@ def eval_command(workdir, data_spec, data_dir, split, out):
     checkpoint.write_atomic(out, json.dumps({"data": data_spec, "split": split, "step": header["step"], **result},
                                             indent=2).encode())
     click.echo(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -50,7 +50,7 @@ class TrainingDiverged(RuntimeError):
 class LoopConfig:
     steps: int | None = None  # length of the schedule; None: sized from time_limit
     time_limit: float | None = None  # seconds of training, compilation included
-    batch_size: int = 128
+    batch_size: int = 16
     seed: int = 0
     learning_rate: float = 2e-3
     warmup_steps: int = 100

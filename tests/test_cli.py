@@ -1,0 +1,180 @@
+"""The `fsq` command line end to end, on the tiny preset and procedural data."""
+
+import json
+import os
+import shutil
+import signal
+
+import jax
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fsq_ref import data, tokenizer
+from fsq_ref.cli import main
+
+TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_bad_input(result, message):
+    """Exit status 2, one line naming the problem, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("fsq")
+    result = invoke("train", "autoencoder", *TINY, "--levels", "5,5,5", "--steps", 8, "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    return workdir
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["train"], ["train", "autoencoder"], ["encode"], ["decode"], ["eval"]]
+)
+def test_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+    if command and command != ["train"]:
+        assert "Example" in result.output
+
+
+def test_train_writes_checkpoint_metrics_and_picture(trained):
+    assert (trained / "checkpoint.fsq").is_file()
+    records = [json.loads(line) for line in open(trained / "metrics.jsonl")]
+    assert records[-1]["split"] == "eval" and 0 < records[-1]["usage"] <= 1 and records[-1]["psnr"] > 0
+    assert Image.open(trained / "reconstructions.png").size[0] > 28
+
+
+def test_encode_then_decode_gives_the_models_own_reconstruction(trained, tmp_path):
+    result = invoke("encode", "--workdir", trained, "--data", "procedural:64", "--split", "test",
+                    "--out", tmp_path / "tokens.npz")
+    assert result.exit_code == 0, result.output
+    tokens = np.load(tmp_path / "tokens.npz")
+    assert tokens["indices"].shape == (64, 7, 7) and tokens["indices"].dtype == np.int32
+    assert tokens["labels"].shape == (64,) and list(tokens["levels"]) == [5, 5, 5] and tokens["codebook_size"] == 125
+
+    result = invoke("decode", "--workdir", trained, "--tokens", tmp_path / "tokens.npz", "--out", tmp_path / "img.npz")
+    assert result.exit_code == 0, result.output
+    decoded = np.load(tmp_path / "img.npz")["images"]
+    assert decoded.shape == (64, 28, 28) and decoded.dtype == np.uint8
+    assert (tmp_path / "img.png").is_file() and str(tmp_path / "img.png") in result.output
+
+    model, qstate, _ = tokenizer.load(trained)
+    images, _ = data.load("procedural:64", "test").get(np.arange(64))
+    recon, indices, _, _ = tokenizer.reconstruct(model, qstate, images)
+    np.testing.assert_array_equal(tokens["indices"], indices)
+    np.testing.assert_array_equal(decoded, np.asarray(recon)[..., 0])
+
+
+def test_eval_prints_and_writes_metrics(trained, tmp_path):
+    result = invoke("eval", "--workdir", trained, "--data", "procedural:64", "--out", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert {"l1", "mse", "psnr", "usage", "perplexity", "entropy_bits"} <= set(metrics)
+    assert f"psnr {metrics['psnr']:.4g}" in result.output
+
+
+def test_images_of_another_size_and_channels_are_converted(trained, tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "rgb.npz", images=rgb)
+    result = invoke("encode", "--workdir", trained, "--data", tmp_path / "rgb.npz", "--split", "all",
+                    "--out", tmp_path / "t.npz")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "t.npz")["indices"].shape == (20, 7, 7)
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "vq-entropy", "vq-split"])
+def test_vq_tokenizers_train_and_encode(quantizer, tmp_path):
+    result = invoke("train", "autoencoder", *TINY, "--quantizer", quantizer, "--codebook-size", 32, "--steps", 3,
+                    "--workdir", tmp_path)
+    assert result.exit_code == 0, result.output
+    result = invoke("encode", "--workdir", tmp_path, "--data", "procedural:64", "--out", tmp_path / "t.npz")
+    assert result.exit_code == 0, result.output
+    indices = np.load(tmp_path / "t.npz")["indices"]
+    assert indices.min() >= 0 and indices.max() < 32
+
+
+def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    args = ["train", "autoencoder", *TINY, "--quantizer", "vq-split", "--codebook-size", 32, "--steps", 6]
+    assert invoke(*args, "--workdir", tmp_path / "straight").exit_code == 0
+
+    real, calls = data.batch_indices, []
+
+    def ctrl_c_during_third_batch(*a, **k):
+        calls.append(a)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(data, "batch_indices", ctrl_c_during_third_batch)
+    result = invoke(*args, "--workdir", tmp_path / "resumed")
+    assert result.exit_code == 130 and "--resume" in result.output
+    monkeypatch.undo()
+    assert tokenizer.load(tmp_path / "resumed")[2]["step"] == 3
+    assert invoke(*args, "--workdir", tmp_path / "resumed", "--resume").exit_code == 0
+
+    straight, resumed = tokenizer.load(tmp_path / "straight"), tokenizer.load(tmp_path / "resumed")
+    assert resumed[2]["step"] == 6
+    for a, b in zip(jax.tree.leaves(straight[:2]), jax.tree.leaves(resumed[:2])):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_levels(tmp_path):
+    assert_bad_input(invoke("train", "autoencoder", *TINY, "--levels", "8,2,5", "--steps", 1, "--workdir", tmp_path),
+                     ">= 3")
+    assert_bad_input(invoke("train", "autoencoder", *TINY, "--levels", "8,x", "--steps", 1, "--workdir", tmp_path),
+                     "commas")
+    assert_bad_input(invoke("train", "autoencoder", *TINY, "--steps", 1, "--codebook-size", 1000, "--workdir",
+                            tmp_path), "levels for")
+
+
+def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.delenv("FSQ_DATA_DIR", raising=False)
+    assert_bad_input(invoke("train", "autoencoder", "--steps", 1, "--workdir", tmp_path / "w"), "apt-get install")
+
+
+def test_unreadable_image_is_named(trained, tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(folder / "good.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    assert_bad_input(invoke("eval", "--workdir", trained, "--data", folder, "--split", "all"), "broken.png")
+
+
+def test_missing_or_corrupt_checkpoint(trained, tmp_path):
+    assert_bad_input(invoke("eval", "--workdir", tmp_path, "--data", "procedural:64"), "no checkpoint")
+    shutil.copytree(trained, tmp_path / "copy")
+    path = tmp_path / "copy" / "checkpoint.fsq"
+    path.write_bytes(path.read_bytes()[:-100])
+    assert_bad_input(invoke("eval", "--workdir", tmp_path / "copy", "--data", "procedural:64"), "truncated or corrupt")
+    path.write_bytes(b"hello")
+    assert_bad_input(invoke("eval", "--workdir", tmp_path / "copy", "--data", "procedural:64"), "not an fsq-ref")
+
+
+def test_bad_token_files(trained, tmp_path):
+    sha = tokenizer.load(trained)[2]["sha256"]
+    cases = {
+        "outside": dict(indices=np.full((2, 7, 7), 125, np.int32), tokenizer=sha),
+        "grids": dict(indices=np.zeros((2, 8, 8), np.int32), tokenizer=sha),
+        "another tokenizer": dict(indices=np.zeros((2, 7, 7), np.int32), tokenizer="0" * 64),
+    }
+    for message, arrays in cases.items():
+        np.savez(tmp_path / "t.npz", **arrays)
+        assert_bad_input(invoke("decode", "--workdir", trained, "--tokens", tmp_path / "t.npz", "--out",
+                                tmp_path / "o.npz"), message)
+    assert not (tmp_path / "o.npz").exists()
+
+
+def test_existing_run_is_not_overwritten(trained):
+    assert_bad_input(invoke("train", "autoencoder", *TINY, "--levels", "5,5,5", "--steps", 8, "--workdir", trained),
+                     "--resume")
