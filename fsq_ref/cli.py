@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fsq_ref import checkpoint, data, fsq, tokenizer, train
+from fsq_ref import checkpoint, data, fsq, tokenizer, tokens, train
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 
@@ -156,28 +156,21 @@ def encode(workdir, data_spec, data_dir, split, out, batch_size):
         chunks.append(np.asarray(tokenizer.encode(model, qstate, images)))
         if batch_labels is not None:
             labels.append(batch_labels)
-    arrays = {"indices": np.concatenate(chunks).astype(np.int32), **_codebook_fields(model, header)}
-    if labels:
-        arrays["labels"] = np.concatenate(labels)
-        arrays["num_classes"] = np.int32(ds.num_classes)
-    _save_npz(out, **arrays)
-    click.echo(f"wrote {out}: indices {list(arrays['indices'].shape)}")
-
-
-def _codebook_fields(model, header) -> dict:
     q = model.quantizer
-    fields = {"codebook_size": np.int64(q.codebook_size), "tokenizer": np.str_(header["sha256"])}
-    if isinstance(q, fsq.FSQ):
-        fields["levels"] = np.array(q.levels, np.int32)
-    return fields
+    result = tokens.TokenFile(
+        np.concatenate(chunks), q.codebook_size, header["sha256"], labels=np.concatenate(labels) if labels else None,
+        num_classes=ds.num_classes if labels else None, levels=q.levels if isinstance(q, fsq.FSQ) else None)
+    tokens.save(out, result)
+    click.echo(f"wrote {out}: indices {list(result.indices.shape)}")
 
 
 @main.command()
 @click.option("--workdir", required=True, help="the tokenizer's folder")
-@click.option("--tokens", required=True, type=click.Path(dir_okay=False), help="an .npz from `fsq encode`")
+@click.option("--tokens", "tokens_path", required=True, type=click.Path(dir_okay=False),
+              help="an .npz from `fsq encode`")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the .npz file of images to write")
 @click.option("--batch-size", type=int, default=500, show_default=True)
-def decode(workdir, tokens, out, batch_size):
+def decode(workdir, tokens_path, out, batch_size):
     """Turn token indices back into images, with a PNG grid of the first 64 beside the .npz.
 
     \b
@@ -185,7 +178,11 @@ def decode(workdir, tokens, out, batch_size):
       fsq decode --workdir runs/fsq --tokens runs/fsq/tokens-test.npz --out runs/fsq/decoded.npz
     """
     model, qstate, header = tokenizer.load(workdir)
-    indices = load_tokens(tokens, model, header)
+    ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
+    token_file = tokens.load(tokens_path)
+    tokens.check_made_by(token_file, header["sha256"], tokens_path, (ae.token_grid,) * 2,
+                         model.quantizer.codebook_size)
+    indices = token_file.indices
     images = np.concatenate([
         np.asarray(tokenizer.decode(model, qstate, indices[i:i + batch_size]))
         for i in range(0, len(indices), batch_size)
@@ -194,32 +191,6 @@ def decode(workdir, tokens, out, batch_size):
     png = save_png(Path(out).with_suffix(".png"), grid([images[i:i + 8] for i in range(0, min(64, len(images)), 8)],
                                                        scale=3))
     click.echo(f"wrote {out}: images {list(images.shape)}\npicture: {png}")
-
-
-def load_tokens(path, model, header) -> np.ndarray:
-    """The `indices` of a token file, checked against the tokenizer that will decode them."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {name: f[name] for name in f.files}
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read token file {path} ({e}): give an .npz written by `fsq encode`") from None
-    indices = arrays.get("indices")
-    if indices is None or indices.dtype.kind not in "iu":
-        raise InputError(f"{path} has no integer array 'indices': give an .npz written by `fsq encode`")
-    made_by = str(arrays.get("tokenizer", header["sha256"]))
-    if made_by != header["sha256"]:
-        raise InputError(f"{path} was encoded by another tokenizer (checkpoint {made_by[:12]}, this one is "
-                         f"{header['sha256'][:12]}): decode with the --workdir that encoded it")
-    ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
-    grid_shape = (ae.token_grid, ae.token_grid)
-    if indices.ndim != 3 or indices.shape[1:] != grid_shape:
-        raise InputError(f"{path}: indices have shape {list(indices.shape)}, but this tokenizer decodes "
-                         f"[N, {grid_shape[0]}, {grid_shape[1]}] grids: use tokens from the same tokenizer")
-    K = model.quantizer.codebook_size
-    if indices.size and (indices.min() < 0 or indices.max() >= K):
-        raise InputError(f"{path}: token indices span [{indices.min()}, {indices.max()}], outside this tokenizer's "
-                         f"codebook [0, {K}): decode with the tokenizer that made them")
-    return indices.astype(np.int32)
 
 
 @main.command("eval")

@@ -164,9 +164,10 @@ def test_missing_or_corrupt_checkpoint(trained, tmp_path):
 def test_bad_token_files(trained, tmp_path):
     sha = tokenizer.load(trained)[2]["sha256"]
     cases = {
-        "outside": dict(indices=np.full((2, 7, 7), 125, np.int32), tokenizer=sha),
-        "grids": dict(indices=np.zeros((2, 8, 8), np.int32), tokenizer=sha),
-        "another tokenizer": dict(indices=np.zeros((2, 7, 7), np.int32), tokenizer="0" * 64),
+        "outside": dict(indices=np.full((2, 7, 7), 125, np.int32), tokenizer=sha, codebook_size=125),
+        "grids": dict(indices=np.zeros((2, 8, 8), np.int32), tokenizer=sha, codebook_size=125),
+        "another tokenizer": dict(indices=np.zeros((2, 7, 7), np.int32), tokenizer="0" * 64, codebook_size=125),
+        "lacks": dict(indices=np.zeros((2, 7, 7), np.int32)),
     }
     for message, arrays in cases.items():
         np.savez(tmp_path / "t.npz", **arrays)

@@ -45,6 +45,19 @@ def test_preset_shapes_without_running(name, key):
     assert eqx.filter_eval_shape(model.decode, z).shape == image.shape
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["imagenet128", "imagenet256"])
+def test_imagenet_presets_run_a_forward_pass(name, key):
+    # The paper's sizes really run (one image; tens of seconds on a CPU, hence slow).
+    config = AUTOENCODER_PRESETS[name]
+    model = Autoencoder(config, LATENT_DIM, key=key)
+    x = _images(key, config, batch=1)[0]
+    z = eqx.filter_jit(model.encode)(x)
+    y = eqx.filter_jit(model.decode)(z)
+    assert z.shape == (config.token_grid, config.token_grid, LATENT_DIM) and y.shape == x.shape
+    assert jnp.all(jnp.isfinite(y))
+
+
 @pytest.mark.parametrize("name", ["tiny", "fashion-mnist"])
 def test_encode_decode_batched(name, key):
     config = AUTOENCODER_PRESETS[name]
