@@ -5,14 +5,16 @@ their arguments and their results into files and lines of text. Bad input (an `I
 stderr and exit status 2, never a traceback.
 """
 
+import dataclasses
 import io
 import json
 from pathlib import Path
 
 import click
+import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, data, fsq, tokenizer, tokens, train
+from fsq_ref import checkpoint, data, features, fsq, maskgit, tokenizer, tokens, train
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 
@@ -126,6 +128,180 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
     _print_metrics(result)
     click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
     click.echo(f"reconstructions: {Path(workdir) / 'reconstructions.png'}")
+
+
+@train_group.command("maskgit")
+@click.option("--tokens", "tokens_path", required=True, type=click.Path(dir_okay=False),
+              help="training tokens: `fsq encode --split train`")
+@click.option("--eval-tokens", default=None, type=click.Path(dir_okay=False),
+              help="held-out tokens (`fsq encode --split test`); default: the last 5%% of --tokens, not trained on")
+@click.option("--preset", default="fashion-mnist", show_default=True, help="transformer size: tiny, fashion-mnist, paper")
+@click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate schedule)")
+@click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="peak learning rate")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--eval-every", type=int, default=1000, show_default=True)
+@click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go")
+@click.option("--resume", is_flag=True, help="continue the run in --workdir")
+def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, eval_every,
+                  workdir, resume):
+    """Train a class-conditional MaskGIT transformer on a tokenizer's tokens.
+
+    \b
+    Example:
+      fsq encode --workdir runs/fsq --split train --out runs/fsq/tokens-train.npz
+      fsq encode --workdir runs/fsq --split test --out runs/fsq/tokens-test.npz
+      fsq train maskgit --tokens runs/fsq/tokens-train.npz --eval-tokens runs/fsq/tokens-test.npz \\
+          --time-limit 300 --workdir runs/maskgit
+    """
+    train_tokens = tokens.load(tokens_path)
+    if eval_tokens is not None:
+        held_out = tokens.load(eval_tokens)
+        tokens.check_made_by(held_out, train_tokens.tokenizer, eval_tokens, train_tokens.grid,
+                             train_tokens.codebook_size)
+    else:
+        n = len(train_tokens.indices) - max(1, len(train_tokens.indices) // 20)
+        held_out = dataclasses.replace(train_tokens, indices=train_tokens.indices[n:], labels=_labels(train_tokens)[n:])
+        train_tokens = dataclasses.replace(train_tokens, indices=train_tokens.indices[:n],
+                                           labels=_labels(train_tokens)[:n])
+    config = maskgit.preset(preset, codebook_size=train_tokens.codebook_size,
+                            num_classes=train_tokens.num_classes or 1, grid=train_tokens.grid)
+    loop = train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
+                            learning_rate=learning_rate, weight_decay=maskgit.WEIGHT_DECAY, eval_every=eval_every,
+                            checkpoint_every=eval_every)
+    task = maskgit.MaskGITTask(
+        config, train_tokens.indices, _labels(train_tokens), eval_tokens=held_out.indices,
+        eval_labels=_labels(held_out), batch_size=batch_size, seed=seed, weight_decay=loop.weight_decay,
+        header={"tokenizer": train_tokens.tokenizer, "codebook_size": train_tokens.codebook_size},
+    )
+    click.echo(f"MaskGIT ({preset}) on {len(train_tokens.indices)} token grids of {config.grid[0]}x{config.grid[1]}, "
+               f"codebook {config.codebook_size}, {config.num_classes} classes")
+    _, result = train.run(task, workdir, loop, resume=resume)
+    if result is None:
+        raise SystemExit(130)
+    _print_metrics(result)
+    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+
+
+def _labels(token_file: tokens.TokenFile) -> np.ndarray:
+    """Class labels, or class 0 for every grid of an unlabelled token file (one class: unconditional modelling)."""
+    if token_file.labels is not None:
+        return token_file.labels
+    return np.zeros(len(token_file.indices), np.int32)
+
+
+@main.command()
+@click.option("--workdir", required=True, help="the MaskGIT folder (`fsq train maskgit`)")
+@click.option("--autoencoder", required=True, help="the tokenizer folder whose tokens MaskGIT was trained on")
+@click.option("--num-per-class", type=int, default=10, show_default=True)
+@click.option("--labels", "label_text", default=None, help="classes to generate, e.g. 0,3,7 (default: all)")
+@click.option("--unconditional", is_flag=True, help="generate without a class")
+@click.option("--steps", type=int, default=12, show_default=True, help="parallel decoding steps")
+@click.option("--guidance", type=float, default=0.0, show_default=True, help="classifier-free guidance scale a")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="sampling temperature")
+@click.option("--choice-temperature", type=float, default=4.5, show_default=True,
+              help="Gumbel noise on the confidences, annealed to 0")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the .npz to write")
+def generate(workdir, autoencoder, num_per_class, label_text, unconditional, steps, guidance, temperature,
+             choice_temperature, seed, batch_size, out):
+    """Generate images: MaskGIT samples tokens, the tokenizer decodes them.
+
+    Writes `indices`, `images` (uint8) and `labels` (the class, or -1 when unconditional), and a PNG grid with one row
+    per class beside the .npz.
+
+    \b
+    Example:
+      fsq generate --workdir runs/maskgit --autoencoder runs/fsq --num-per-class 10 --out runs/samples.npz
+    """
+    model, header = maskgit.load(workdir)
+    ae_model, qstate, ae_header = tokenizer.load(autoencoder)
+    config = model.config
+    if header["task"]["tokens"]["tokenizer"] != ae_header["sha256"]:
+        raise InputError(f"{workdir} was trained on tokens of another tokenizer than {autoencoder}: give the "
+                         "--autoencoder whose `fsq encode` made its training tokens")
+    if num_per_class < 1 or steps < 1 or temperature <= 0:
+        raise InputError("--num-per-class and --steps must be >= 1 and --temperature > 0")
+    if unconditional:
+        classes = [config.unconditional]
+    elif label_text is not None:
+        try:
+            classes = [int(c) for c in label_text.split(",")]
+        except ValueError:
+            raise InputError(f"--labels must be integers separated by commas, such as 0,3,7; got {label_text!r}") from None
+        bad = [c for c in classes if not 0 <= c < config.num_classes]
+        if bad:
+            raise InputError(f"--labels {bad} outside the model's classes 0..{config.num_classes - 1}")
+    else:
+        classes = list(range(config.num_classes))
+    labels = np.repeat(np.array(classes, np.int32), num_per_class)
+    indices = maskgit.sample(model, labels, jr.key(seed), batch_size=batch_size, steps=steps, guidance=guidance,
+                             temperature=temperature, choice_temperature=choice_temperature)
+    images = np.concatenate([np.asarray(tokenizer.decode(ae_model, qstate, indices[i:i + batch_size]))
+                             for i in range(0, len(indices), batch_size)])
+    out_labels = np.where(labels == config.unconditional, -1, labels)
+    _save_npz(out, indices=indices, images=images[..., 0] if images.shape[-1] == 1 else images, labels=out_labels)
+    rows = [images[i * num_per_class:i * num_per_class + min(num_per_class, 16)] for i in range(len(classes))]
+    png = save_png(Path(out).with_suffix(".png"), grid(rows, scale=2))
+    click.echo(f"wrote {out}: {len(images)} images of classes {classes if not unconditional else 'none'}\n"
+               f"picture: {png}")
+
+
+@main.command("eval-samples")
+@click.option("--samples", required=True, type=click.Path(dir_okay=False), help="an .npz from `fsq generate`")
+@with_data_options
+@click.option("--autoencoder", default=None,
+              help="also score this tokenizer's reconstructions of as many test images: the best these tokens allow")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON file (default: beside --samples)")
+def eval_samples(samples, data_spec, data_dir, autoencoder, out):
+    """Sample quality: Frechet distance, precision and recall against the test split, and class accuracy.
+
+    Features come from a small classifier trained on the dataset's training split (once; cached under
+    $FSQ_CACHE_DIR or ~/.cache/fsq-ref), whose own test accuracy is reported. Label accuracy is that classifier's
+    agreement with the classes the samples were conditioned on.
+
+    \b
+    Example:
+      fsq eval-samples --samples runs/samples.npz --data fashion-mnist --autoencoder runs/fsq
+    """
+    fake, labels = _read_samples(samples)
+    classifier, info = features.load_or_train(data_spec, data_dir=data_dir, echo=click.echo)
+    test = data.load(data_spec, "test", data_dir=data_dir, image_size=fake.shape[1], channels=fake.shape[3])
+    real, real_labels = test.get(np.arange(len(test)))
+    results = {"samples": features.sample_quality(classifier, real, fake, labels)}
+    if autoencoder is not None:
+        model, qstate, _ = tokenizer.load(autoencoder)
+        # Reconstructions of as many test images as there are samples: Frechet distance depends on the set size.
+        pick = np.random.default_rng(0).choice(len(real), size=min(len(fake), len(real)), replace=False)
+        recon = np.concatenate([np.asarray(tokenizer.reconstruct(model, qstate, real[pick[i:i + 500]])[0])
+                                for i in range(0, len(pick), 500)])
+        results["reconstructions"] = features.sample_quality(classifier, real, recon, real_labels[pick])
+    click.echo(f"feature classifier: test accuracy {info['accuracy']:.2%}; reference: {len(real)} test images")
+    click.echo("| images | Frechet distance | precision | recall | label accuracy |\n|---|---|---|---|---|")
+    for name, r in results.items():
+        accuracy = f"{r['label_accuracy']:.2%}" if "label_accuracy" in r else "-"
+        click.echo(f"| {name} ({len(fake)}) | {r['frechet_distance']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                   f"{accuracy} |")
+    out = out or str(Path(samples).with_suffix(".quality.json"))
+    checkpoint.write_atomic(out, json.dumps({"classifier_accuracy": info["accuracy"], **results}, indent=2).encode())
+    click.echo(f"wrote {out}")
+
+
+def _read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 images [N, H, W, C] and the conditioning labels (None where unconditional) of a samples file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"] if "labels" in f.files else None
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"cannot read samples {path} ({e}): give an .npz written by `fsq generate`") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise InputError(f"{path}: images must be uint8 [N, H, W(, C)]; got {images.dtype} {list(images.shape)}")
+    images = images[..., None] if images.ndim == 3 else images
+    if labels is not None and np.all(labels < 0):
+        labels = None  # unconditional samples: no class to check
+    return images, labels
 
 
 def _print_metrics(result: dict) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
 import click
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -158,7 +159,9 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
     elif path.exists():
         raise InputError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or choose a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
+    # Replicate the arrays only: Python leaves (a Dropout's rate, say) must stay Python values, not become arrays.
+    replicated = NamedSharding(mesh, P())
+    state = jax.tree.map(lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, state)
 
     def save(state, step):
         checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
