@@ -14,7 +14,7 @@ import click
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, data, features, fsq, maskgit, tokenizer, tokens, train
+from fsq_ref import checkpoint, data, features, fsq, maskgit, study, tokenizer, tokens, train
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 
@@ -275,8 +275,7 @@ def eval_samples(samples, data_spec, data_dir, autoencoder, out):
         model, qstate, _ = tokenizer.load(autoencoder)
         # Reconstructions of as many test images as there are samples: Frechet distance depends on the set size.
         pick = np.random.default_rng(0).choice(len(real), size=min(len(fake), len(real)), replace=False)
-        recon = np.concatenate([np.asarray(tokenizer.reconstruct(model, qstate, real[pick[i:i + 500]])[0])
-                                for i in range(0, len(pick), 500)])
+        recon = tokenizer.reconstruct_all(model, qstate, real[pick])
         results["reconstructions"] = features.sample_quality(classifier, real, recon, real_labels[pick])
     click.echo(f"feature classifier: test accuracy {info['accuracy']:.2%}; reference: {len(real)} test images")
     click.echo("| images | Frechet distance | precision | recall | label accuracy |\n|---|---|---|---|---|")
@@ -302,6 +301,46 @@ def _read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
     if labels is not None and np.all(labels < 0):
         labels = None  # unconditional samples: no class to check
     return images, labels
+
+
+@main.group("study")
+def study_group():
+    """Reproduce the paper's studies."""
+
+
+@study_group.command("codebook-size")
+@with_data_options
+@click.option("--sizes", default=",".join(map(str, study.PAPER_SIZES)), show_default=True,
+              help="target codebook sizes (each must be in the paper's Table 1 for FSQ)")
+@click.option("--quantizers", default=",".join(tokenizer.QUANTIZER_KINDS), show_default=True)
+@click.option("--steps", type=int, default=1500, show_default=True, help="training steps per run (equal budgets)")
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--preset", default="fashion-mnist", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workdir", required=True, type=click.Path(file_okay=False))
+def study_codebook_size(data_spec, data_dir, sizes, quantizers, steps, batch_size, preset, seed, workdir):
+    """FSQ against three VQ variants as the codebook grows (paper Fig. 3): usage, PSNR, Frechet distance, bits.
+
+    Trains one tokenizer per (quantizer, size) with the same network and step budget, measures each on the test
+    split, and writes results.json, results.md and codebook-size.png in --workdir. Running it again skips finished
+    runs and resumes interrupted ones.
+
+    \b
+    Example:
+      fsq study codebook-size --data fashion-mnist --sizes 16,64,256,1024,4096,16384 --steps 1500 --workdir runs/study
+    """
+    try:
+        size_list = [int(k) for k in sizes.split(",")]
+    except ValueError:
+        raise InputError(f"--sizes must be integers separated by commas; got {sizes!r}") from None
+    try:
+        study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=size_list,
+                        quantizers=tuple(quantizers.split(",")), steps=steps, batch_size=batch_size, preset=preset,
+                        seed=seed)
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    for name in (study.RESULTS_MD, study.RESULTS_JSON, study.FIGURE):
+        click.echo(f"wrote {Path(workdir) / name}")
 
 
 def _print_metrics(result: dict) -> None:

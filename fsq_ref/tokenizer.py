@@ -182,6 +182,16 @@ def reconstruct(model: Tokenizer, qstate, images: UInt8[Array, "B H W C"]):
     return recon, q.indices, jnp.mean(diff**2, axis=(1, 2, 3)), jnp.mean(jnp.abs(diff), axis=(1, 2, 3))
 
 
+def reconstruct_all(model: Tokenizer, qstate, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """uint8 reconstructions [N, H, W, C] of uint8 images, in batches padded to one size (one compilation)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size]
+        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.uint8)])
+        out.append(np.asarray(reconstruct(model, qstate, padded)[0])[:len(batch)])
+    return np.concatenate(out)
+
+
 @eqx.filter_jit
 def encode(model: Tokenizer, qstate, images: UInt8[Array, "B H W C"]) -> Int[Array, "B h w"]:
     return model.encode(to_unit(images), qstate)

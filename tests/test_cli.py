@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fsq_ref import data, tokenizer
+from fsq_ref import data, features, tokenizer
 from fsq_ref.cli import main
 
 TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
@@ -38,12 +38,14 @@ def trained(tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["train"], ["train", "autoencoder"], ["encode"], ["decode"], ["eval"]]
+    "command",
+    [[], ["train"], ["train", "autoencoder"], ["train", "maskgit"], ["encode"], ["decode"], ["eval"], ["generate"],
+     ["eval-samples"], ["study"], ["study", "codebook-size"]],
 )
 def test_help(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0 and "Usage" in result.output
-    if command and command != ["train"]:
+    if command and command not in (["train"], ["study"]):
         assert "Example" in result.output
 
 
@@ -179,3 +181,73 @@ def test_bad_token_files(trained, tmp_path):
 def test_existing_run_is_not_overwritten(trained):
     assert_bad_input(invoke("train", "autoencoder", *TINY, "--levels", "5,5,5", "--steps", 8, "--workdir", trained),
                      "--resume")
+
+
+@pytest.fixture(scope="module")
+def maskgit_run(trained, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("maskgit")
+    for split in ("train", "test"):
+        result = invoke("encode", "--workdir", trained, "--data", "procedural:64", "--split", split,
+                        "--out", folder / f"tokens-{split}.npz")
+        assert result.exit_code == 0, result.output
+    result = invoke("train", "maskgit", "--tokens", folder / "tokens-train.npz", "--eval-tokens",
+                    folder / "tokens-test.npz", "--preset", "tiny", "--steps", 3, "--batch-size", 16,
+                    "--workdir", folder / "mg")
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+def test_generate_class_rows_and_unconditional(trained, maskgit_run, tmp_path):
+    out = tmp_path / "s.npz"
+    result = invoke("generate", "--workdir", maskgit_run / "mg", "--autoencoder", trained, "--num-per-class", 2,
+                    "--labels", "0,3", "--steps", 4, "--guidance", 1.0, "--out", out)
+    assert result.exit_code == 0, result.output
+    samples = np.load(out)
+    assert samples["images"].shape == (4, 28, 28) and samples["images"].dtype == np.uint8
+    assert list(samples["labels"]) == [0, 0, 3, 3] and samples["indices"].shape == (4, 7, 7)
+    assert samples["indices"].min() >= 0 and samples["indices"].max() < 125
+    assert (tmp_path / "s.png").is_file()
+    # The sampled tokens decode to exactly the images written.
+    model, qstate, _ = tokenizer.load(trained)
+    np.testing.assert_array_equal(np.asarray(tokenizer.decode(model, qstate, samples["indices"]))[..., 0],
+                                  samples["images"])
+
+    result = invoke("generate", "--workdir", maskgit_run / "mg", "--autoencoder", trained, "--num-per-class", 3,
+                    "--unconditional", "--steps", 4, "--out", tmp_path / "u.npz")
+    assert result.exit_code == 0, result.output
+    assert list(np.load(tmp_path / "u.npz")["labels"]) == [-1, -1, -1]
+
+
+def test_eval_samples_reports_quality_against_reconstructions(trained, maskgit_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("FSQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(features, "TRAIN_STEPS", 20)
+    out = tmp_path / "s.npz"
+    assert invoke("generate", "--workdir", maskgit_run / "mg", "--autoencoder", trained, "--num-per-class", 4,
+                  "--steps", 4, "--out", out).exit_code == 0
+    result = invoke("eval-samples", "--samples", out, "--data", "procedural:64", "--autoencoder", trained)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "s.quality.json").read_text())
+    for name in ("samples", "reconstructions"):
+        assert {"frechet_distance", "precision", "recall", "label_accuracy"} <= set(report[name])
+        assert 0 <= report[name]["label_accuracy"] <= 1 and report[name]["frechet_distance"] >= 0
+    assert "| samples (40) |" in result.output
+
+
+def test_generate_bad_input(trained, maskgit_run, tmp_path):
+    args = ["generate", "--workdir", maskgit_run / "mg", "--out", tmp_path / "s.npz"]
+    assert_bad_input(invoke(*args, "--autoencoder", trained, "--labels", "0,12"), "outside the model's classes")
+    assert_bad_input(invoke(*args, "--autoencoder", tmp_path), "no checkpoint")
+    # A tokenizer other than the one whose tokens MaskGIT learned.
+    other = tmp_path / "other"
+    assert invoke("train", "autoencoder", *TINY, "--levels", "5,5,5", "--steps", 1, "--seed", 1,
+                  "--workdir", other).exit_code == 0
+    assert_bad_input(invoke(*args, "--autoencoder", other), "another tokenizer")
+    assert_bad_input(invoke("generate", "--workdir", trained, "--autoencoder", trained, "--out", tmp_path / "x.npz"),
+                     "not MaskGIT")
+    assert not (tmp_path / "s.npz").exists()
+
+
+def test_maskgit_refuses_mismatched_eval_tokens(maskgit_run, tmp_path):
+    np.savez(tmp_path / "t.npz", indices=np.zeros((4, 7, 7), np.int32), codebook_size=125, tokenizer="f" * 64)
+    assert_bad_input(invoke("train", "maskgit", "--tokens", maskgit_run / "tokens-train.npz", "--eval-tokens",
+                            tmp_path / "t.npz", "--steps", 1, "--workdir", tmp_path / "mg"), "another tokenizer")
