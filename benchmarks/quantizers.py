@@ -5,7 +5,7 @@ vectors (default one million) with D = len(levels_for(K)) channels for both quan
 bottleneck. VQ's distances are computed in chunks (an [N, K] matrix would not fit); FSQ needs no table at all.
 Compilation is excluded; the figure is the median of several repeats (VQ's stop after a minute of timing).
 
-    python benchmarks/quantizers.py [--vectors 1000000] [--repeats 5]
+    python benchmarks/quantizers.py [--vectors 1000000] [--repeats 5] [--sizes 256,1024,4096,16384,65536]
 """
 
 import argparse
@@ -59,6 +59,7 @@ def main():
     parser.add_argument("--vectors", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--chunk", type=int, default=4000, help="VQ vectors per distance block (divides --vectors)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="target codebook sizes")
     args = parser.parse_args()
 
     device = jax.devices()[0]
@@ -67,7 +68,7 @@ def main():
     print()
     print("| target K | levels | actual K | D | FSQ M vectors/s | VQ M vectors/s (calls timed) | VQ/FSQ time |")
     print("|---|---|---|---|---|---|---|")
-    for size in SIZES:
+    for size in map(int, args.sizes.split(",")):
         levels = fsq.levels_for(size)
         K, D = fsq.codebook_size(levels), len(levels)
         z = jr.normal(jr.key(0), (args.vectors, D), jnp.float32)

@@ -74,6 +74,38 @@ def with_data_options(fn):
     return fn
 
 
+def with_training_options(*, batch_size: int, learning_rate: float, batch_help: str | None = None):
+    """The budget, schedule and run-folder options that every `fsq train` command takes."""
+    options = [
+        click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate "
+                     "schedule)"),
+        click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training"),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True, help=batch_help),
+        click.option("--learning-rate", type=float, default=learning_rate, show_default=True,
+                     help="peak learning rate"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--eval-every", type=int, default=1000, show_default=True),
+        click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
+        click.option("--resume", is_flag=True, help="continue the run in --workdir"),
+    ]
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+def _train(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
+    """Run a task and report; exit 130 after Ctrl-C (the state is saved)."""
+    _, result = train.run(task, workdir, loop, resume=resume)
+    if result is None:
+        raise SystemExit(130)
+    _print_metrics(result)
+    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+
+
 @train_group.command("autoencoder")
 @with_data_options
 @click.option("--quantizer", type=click.Choice(tokenizer.QUANTIZER_KINDS), default="fsq", show_default=True,
@@ -82,15 +114,8 @@ def with_data_options(fn):
 @click.option("--codebook-size", type=int, default=None, help="VQ codebook size; for FSQ, picks the paper's levels")
 @click.option("--vq-dim", type=int, default=16, show_default=True, help="VQ codeword size")
 @click.option("--preset", default="fashion-mnist", show_default=True, help="network size: tiny, fashion-mnist, ...")
-@click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate schedule)")
-@click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training")
-@click.option("--batch-size", type=int, default=16, show_default=True,
-              help="small batches make more steps per second on a CPU; raise it on an accelerator")
-@click.option("--learning-rate", type=float, default=2e-3, show_default=True, help="peak learning rate")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-every", type=int, default=1000, show_default=True)
-@click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go")
-@click.option("--resume", is_flag=True, help="continue the run in --workdir")
+@with_training_options(batch_size=16, learning_rate=2e-3,
+                       batch_help="small batches make more steps per second on a CPU; raise it on an accelerator")
 def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_dim, preset, steps, time_limit,
                       batch_size, learning_rate, seed, eval_every, workdir, resume):
     """Train an image tokenizer (autoencoder with an FSQ or VQ bottleneck).
@@ -122,11 +147,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
     )
     click.echo(f"{q.kind} tokenizer, codebook size {q.size}" + (f" (levels {list(q.levels)})" if q.kind == "fsq"
                else "") + f", {ae.token_grid}x{ae.token_grid} tokens, training on {data_spec}")
-    _, result = train.run(task, workdir, loop, resume=resume)
-    if result is None:  # interrupted by Ctrl-C; the state is saved
-        raise SystemExit(130)
-    _print_metrics(result)
-    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+    _train(task, workdir, loop, resume)
     click.echo(f"reconstructions: {Path(workdir) / 'reconstructions.png'}")
 
 
@@ -136,14 +157,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
 @click.option("--eval-tokens", default=None, type=click.Path(dir_okay=False),
               help="held-out tokens (`fsq encode --split test`); default: the last 5%% of --tokens, not trained on")
 @click.option("--preset", default="fashion-mnist", show_default=True, help="transformer size: tiny, fashion-mnist, paper")
-@click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate schedule)")
-@click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training")
-@click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--learning-rate", type=float, default=1e-3, show_default=True, help="peak learning rate")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--eval-every", type=int, default=1000, show_default=True)
-@click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go")
-@click.option("--resume", is_flag=True, help="continue the run in --workdir")
+@with_training_options(batch_size=64, learning_rate=1e-3)
 def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, eval_every,
                   workdir, resume):
     """Train a class-conditional MaskGIT transformer on a tokenizer's tokens.
@@ -177,11 +191,7 @@ def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_siz
     )
     click.echo(f"MaskGIT ({preset}) on {len(train_tokens.indices)} token grids of {config.grid[0]}x{config.grid[1]}, "
                f"codebook {config.codebook_size}, {config.num_classes} classes")
-    _, result = train.run(task, workdir, loop, resume=resume)
-    if result is None:
-        raise SystemExit(130)
-    _print_metrics(result)
-    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+    _train(task, workdir, loop, resume)
 
 
 def _labels(token_file: tokens.TokenFile) -> np.ndarray:
