@@ -37,7 +37,8 @@ class FsqGroup(click.Group):
 
 @click.group(cls=FsqGroup)
 def main():
-    """Finite Scalar Quantization (Mentzer et al., ICLR 2024): train tokenizers, turn images into tokens and back."""
+    """Finite Scalar Quantization (Mentzer et al., ICLR 2024): train FSQ/VQ tokenizers and MaskGIT on their tokens,
+    turn images into tokens and back, generate, and measure."""
 
 
 @main.group("train")
@@ -45,13 +46,11 @@ def train_group():
     """Train a model."""
 
 
-def _levels(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
+def _int_list(text: str, option: str, example: str) -> list[int]:
     try:
-        return tuple(int(part) for part in text.split(","))
+        return [int(part) for part in text.split(",")]
     except ValueError:
-        raise InputError(f"--levels must be integers separated by commas, such as 8,6,5; got {text!r}") from None
+        raise InputError(f"{option} must be integers separated by commas, such as {example}; got {text!r}") from None
 
 
 def _save_npz(path: str | Path, **arrays) -> None:
@@ -68,15 +67,23 @@ data_options = [
 ]
 
 
-def with_data_options(fn):
-    for option in reversed(data_options):
-        fn = option(fn)
-    return fn
+def _with(options):
+    """A decorator that applies click options in the order listed."""
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+with_data_options = _with(data_options)
 
 
 def with_training_options(*, batch_size: int, learning_rate: float, batch_help: str | None = None):
     """The budget, schedule and run-folder options that every `fsq train` command takes."""
-    options = [
+    return _with([
         click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate "
                      "schedule)"),
         click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training"),
@@ -87,14 +94,7 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
         click.option("--eval-every", type=int, default=1000, show_default=True),
         click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
         click.option("--resume", is_flag=True, help="continue the run in --workdir"),
-    ]
-
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
+    ])
 
 
 def _train(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
@@ -125,7 +125,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
       fsq train autoencoder --data fashion-mnist --levels 8,6,5 --time-limit 100 --workdir runs/fsq
       fsq train autoencoder --quantizer vq --codebook-size 256 --steps 2000 --workdir runs/vq
     """
-    levels = _levels(levels)
+    levels = tuple(_int_list(levels, "--levels", "8,6,5")) if levels is not None else None
     if quantizer == "fsq":
         if levels is None:
             levels = fsq.levels_for(codebook_size) if codebook_size else (8, 6, 5)
@@ -237,10 +237,7 @@ def generate(workdir, autoencoder, num_per_class, label_text, unconditional, ste
     if unconditional:
         classes = [config.unconditional]
     elif label_text is not None:
-        try:
-            classes = [int(c) for c in label_text.split(",")]
-        except ValueError:
-            raise InputError(f"--labels must be integers separated by commas, such as 0,3,7; got {label_text!r}") from None
+        classes = _int_list(label_text, "--labels", "0,3,7")
         bad = [c for c in classes if not 0 <= c < config.num_classes]
         if bad:
             raise InputError(f"--labels {bad} outside the model's classes 0..{config.num_classes - 1}")
@@ -340,11 +337,7 @@ def study_codebook_size(data_spec, data_dir, sizes, quantizers, steps, batch_siz
       fsq study codebook-size --data fashion-mnist --sizes 16,64,256,1024,4096,16384 --steps 1500 --workdir runs/study
     """
     try:
-        size_list = [int(k) for k in sizes.split(",")]
-    except ValueError:
-        raise InputError(f"--sizes must be integers separated by commas; got {sizes!r}") from None
-    try:
-        study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=size_list,
+        study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=_int_list(sizes, "--sizes", "16,256"),
                         quantizers=tuple(quantizers.split(",")), steps=steps, batch_size=batch_size, preset=preset,
                         seed=seed)
     except KeyboardInterrupt:
