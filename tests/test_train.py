@@ -5,7 +5,6 @@ import json
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
