@@ -163,6 +163,12 @@ def eval_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.
         yield ds.get(np.arange(start, min(start + batch_size, len(ds))))
 
 
+def pad_to(batch: np.ndarray, size: int, fill=0) -> np.ndarray:
+    """`batch` with `fill` rows appended up to `size` rows: padding the last batch of a pass to the common size means
+    one jit compilation for the whole pass; callers drop the padded rows of the result."""
+    return np.concatenate([batch, np.full((size - len(batch), *batch.shape[1:]), fill, batch.dtype)])
+
+
 def _check_split(split: str, valid: tuple[str, ...]) -> str:
     if split not in valid:
         raise InputError(f"unknown split {split!r}: use one of {', '.join(valid)}")

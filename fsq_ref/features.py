@@ -213,9 +213,7 @@ def extract(model: Classifier, images: UInt8[np.ndarray, "N H W C"],
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
         n = len(batch)
-        # Pad the last batch to the common size: one compilation for the whole pass.
-        batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), np.uint8)])
-        f, p = _features_and_predictions(model, batch)
+        f, p = _features_and_predictions(model, data.pad_to(batch, batch_size))
         features.append(np.asarray(f[:n], np.float64))
         predictions.append(np.asarray(p[:n]))
     return np.concatenate(features), np.concatenate(predictions)

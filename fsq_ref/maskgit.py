@@ -389,7 +389,7 @@ def sample(model: MaskGIT, labels: np.ndarray, key: PRNGKeyArray, *, batch_size:
     out = []
     for i, start in enumerate(range(0, len(labels), batch_size)):
         chunk = labels[start:start + batch_size]
-        padded = np.concatenate([chunk, np.full(batch_size - len(chunk), config.unconditional, np.int32)])
+        padded = data.pad_to(chunk.astype(np.int32), batch_size, fill=config.unconditional)
         tokens = jnp.full((batch_size, config.seq_len), config.mask_token, jnp.int32)
         out.append(np.asarray(generate(model, tokens, jnp.asarray(padded), jr.fold_in(key, i), **options))[:len(chunk)])
     return np.concatenate(out).reshape(len(labels), *config.grid)

@@ -187,8 +187,7 @@ def reconstruct_all(model: Tokenizer, qstate, images: np.ndarray, batch_size: in
     out = []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
-        padded = np.concatenate([batch, np.zeros((batch_size - len(batch), *batch.shape[1:]), np.uint8)])
-        out.append(np.asarray(reconstruct(model, qstate, padded)[0])[:len(batch)])
+        out.append(np.asarray(reconstruct(model, qstate, data.pad_to(batch, batch_size))[0])[:len(batch)])
     return np.concatenate(out)
 
 
@@ -209,9 +208,7 @@ def evaluate(model: Tokenizer, qstate, ds: data.Dataset, batch_size: int = 500) 
     sq_err = abs_err = 0.0
     for images, _ in data.eval_batches(ds, batch_size):
         n = len(images)
-        # Pad the last batch to the common size: one compilation for the whole pass.
-        padded = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), np.uint8)])
-        _, indices, mse, mae = reconstruct(model, qstate, padded)
+        _, indices, mse, mae = reconstruct(model, qstate, data.pad_to(images, batch_size))
         counter.update(indices[:n])
         sq_err += float(jnp.sum(mse[:n]))
         abs_err += float(jnp.sum(mae[:n]))
