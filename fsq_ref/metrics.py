@@ -58,3 +58,31 @@ class CodeCounter:
 def psnr(mse: float, peak: float = 1.0) -> float:
     """Peak signal-to-noise ratio in dB for a mean squared error on a signal of range `peak`."""
     return 10.0 * math.log10(peak**2 / max(mse, 1e-12))
+
+
+def channel_stats(counts, levels) -> dict[str, float]:
+    """Why an FSQ codebook is not fully used: its channels' own usage against the joint usage.
+
+    From a code histogram [K] of FSQ with `levels`: each channel's marginal distribution over its L_i values; the sum
+    of their entropies against the joint entropy (the difference is the total correlation: bits the channels share,
+    so combinations of values never occur together); and the usage expected if the channels were independent with
+    those marginals and as many tokens were drawn: sum_k 1 - (1 - p_k)^N, p_k the product of the marginals.
+    """
+    counts = np.asarray(counts, np.float64)
+    levels = tuple(int(l) for l in levels)
+    total = counts.sum()
+    joint = counts.reshape(levels[::-1]) / total  # the first channel is the least significant digit
+    marginals = [joint.sum(axis=tuple(a for a in range(len(levels)) if a != len(levels) - 1 - i))
+                 for i in range(len(levels))]
+    entropy = lambda p: float(-(p[p > 0] * np.log2(p[p > 0])).sum())
+    independent = marginals[0]
+    for m in marginals[1:]:
+        independent = np.multiply.outer(m, independent).reshape(-1)
+    marginal_bits = sum(entropy(m) for m in marginals)
+    return {
+        "values_used": min(float((m > 0).mean()) for m in marginals),  # of the least used channel
+        "marginal_bits": marginal_bits,
+        "joint_bits": entropy(joint.reshape(-1)),
+        "total_correlation_bits": marginal_bits - entropy(joint.reshape(-1)),
+        "independent_usage": float(np.mean(1.0 - (1.0 - independent) ** total)),
+    }

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import click
 import numpy as np
 
-from fsq_ref import checkpoint, data, features, fsq, plot, tokenizer, train
+from fsq_ref import checkpoint, data, features, fsq, metrics, plot, tokenizer, train
 from fsq_ref.errors import InputError
 
 PAPER_SIZES = (16, 64, 256, 1024, 4096, 16384)  # 2^4 ... 2^14, the sizes of Table 1 that fit a CPU's memory
@@ -131,6 +131,11 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         "classifier_accuracy": shared.classifier_accuracy, "test_images": len(shared.images),
         "seconds": round(time.perf_counter() - started, 1), "resumed": resume,
     }
+    if q.kind == "fsq":
+        counter = metrics.CodeCounter(q.size)
+        for start in range(0, len(shared.images), EVAL_BATCH):
+            counter.update(tokenizer.encode(state.model, state.qstate, shared.images[start:start + EVAL_BATCH]))
+        result["channels"] = metrics.channel_stats(counter.counts, q.levels)
     checkpoint.write_atomic(run_dir / RESULT, json.dumps(result, indent=2).encode())
     return result
 
@@ -221,6 +226,20 @@ def markdown(results: list[dict]) -> str:
         for size in sorted({r["size"] for r in results}):
             cells = [cell(by_run[q, size]) if (q, size) in by_run else "-" for q in quantizers]
             lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    diagnosed = [r for r in results if r.get("channels")]
+    if diagnosed:
+        lines += ["", "## Where FSQ's unused codes come from", "",
+                  "Per FSQ run, from the test split's codes: the share of its values that the least used channel "
+                  "uses; the sum of the channels' entropies against the joint entropy (their difference, the total "
+                  "correlation, is what the channels share: value combinations that never occur together); and the "
+                  "usage expected if the channels were independent with the same marginals.", "",
+                  "| codebook size | levels | values used (worst channel) | sum of channel entropies | joint entropy "
+                  "| total correlation | usage if independent | usage |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for r in sorted(diagnosed, key=lambda r: r["size"]):
+            c = r["channels"]
+            lines.append(f"| {r['size']} | {','.join(map(str, r['levels']))} | {c['values_used']:.0%} | "
+                         f"{c['marginal_bits']:.2f} bits | {c['joint_bits']:.2f} bits | "
+                         f"{c['total_correlation_bits']:.2f} bits | {c['independent_usage']:.1%} | {r['usage']:.1%} |")
     return "\n".join(lines) + "\n"
 
 
