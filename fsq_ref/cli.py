@@ -6,7 +6,6 @@ stderr and exit status 2, never a traceback.
 """
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 
@@ -14,7 +13,9 @@ import click
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, data, features, fsq, maskgit, study, tokenizer, tokens, train
+from fsq_ref import checkpoint, cli_uvim, data, dense_tasks, features, fsq, maskgit, study, tokenizer, tokens, train
+from fsq_ref.cli_options import (int_list, print_metrics, run_training, save_npz, with_data_options,
+                                 with_training_options)
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 
@@ -46,66 +47,6 @@ def train_group():
     """Train a model."""
 
 
-def _int_list(text: str, option: str, example: str) -> list[int]:
-    try:
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise InputError(f"{option} must be integers separated by commas, such as {example}; got {text!r}") from None
-
-
-def _save_npz(path: str | Path, **arrays) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    checkpoint.write_atomic(path, buffer.getvalue())
-
-
-data_options = [
-    click.option("--data", "data_spec", default="fashion-mnist", show_default=True,
-                 help="fashion-mnist, procedural[:N], a .npz file, or a folder of images"),
-    click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (else $FSQ_DATA_DIR, "
-                 "then /usr/share/datasets/fashion-mnist)"),
-]
-
-
-def _with(options):
-    """A decorator that applies click options in the order listed."""
-
-    def apply(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return apply
-
-
-with_data_options = _with(data_options)
-
-
-def with_training_options(*, batch_size: int, learning_rate: float, batch_help: str | None = None):
-    """The budget, schedule and run-folder options that every `fsq train` command takes."""
-    return _with([
-        click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate "
-                     "schedule)"),
-        click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training"),
-        click.option("--batch-size", type=int, default=batch_size, show_default=True, help=batch_help),
-        click.option("--learning-rate", type=float, default=learning_rate, show_default=True,
-                     help="peak learning rate"),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option("--eval-every", type=int, default=1000, show_default=True),
-        click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
-        click.option("--resume", is_flag=True, help="continue the run in --workdir"),
-    ])
-
-
-def _train(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
-    """Run a task and report; exit 130 after Ctrl-C (the state is saved)."""
-    _, result = train.run(task, workdir, loop, resume=resume)
-    if result is None:
-        raise SystemExit(130)
-    _print_metrics(result)
-    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
-
-
 @train_group.command("autoencoder")
 @with_data_options
 @click.option("--quantizer", type=click.Choice(tokenizer.QUANTIZER_KINDS), default="fsq", show_default=True,
@@ -125,7 +66,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
       fsq train autoencoder --data fashion-mnist --levels 8,6,5 --time-limit 100 --workdir runs/fsq
       fsq train autoencoder --quantizer vq --codebook-size 256 --steps 2000 --workdir runs/vq
     """
-    levels = tuple(_int_list(levels, "--levels", "8,6,5")) if levels is not None else None
+    levels = tuple(int_list(levels, "--levels", "8,6,5")) if levels is not None else None
     if quantizer == "fsq":
         if levels is None:
             levels = fsq.levels_for(codebook_size) if codebook_size else (8, 6, 5)
@@ -147,7 +88,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
     )
     click.echo(f"{q.kind} tokenizer, codebook size {q.size}" + (f" (levels {list(q.levels)})" if q.kind == "fsq"
                else "") + f", {ae.token_grid}x{ae.token_grid} tokens, training on {data_spec}")
-    _train(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume)
     click.echo(f"reconstructions: {Path(workdir) / 'reconstructions.png'}")
 
 
@@ -155,7 +96,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
 @click.option("--tokens", "tokens_path", required=True, type=click.Path(dir_okay=False),
               help="training tokens: `fsq encode --split train`")
 @click.option("--eval-tokens", default=None, type=click.Path(dir_okay=False),
-              help="held-out tokens (`fsq encode --split test`); default: the last 5%% of --tokens, not trained on")
+              help="held-out tokens (`fsq encode --split test`); default: the last 5% of --tokens, not trained on")
 @click.option("--preset", default="fashion-mnist", show_default=True, help="transformer size: tiny, fashion-mnist, paper")
 @with_training_options(batch_size=64, learning_rate=1e-3)
 def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, eval_every,
@@ -191,7 +132,7 @@ def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_siz
     )
     click.echo(f"MaskGIT ({preset}) on {len(train_tokens.indices)} token grids of {config.grid[0]}x{config.grid[1]}, "
                f"codebook {config.codebook_size}, {config.num_classes} classes")
-    _train(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume)
 
 
 def _labels(token_file: tokens.TokenFile) -> np.ndarray:
@@ -237,7 +178,7 @@ def generate(workdir, autoencoder, num_per_class, label_text, unconditional, ste
     if unconditional:
         classes = [config.unconditional]
     elif label_text is not None:
-        classes = _int_list(label_text, "--labels", "0,3,7")
+        classes = int_list(label_text, "--labels", "0,3,7")
         bad = [c for c in classes if not 0 <= c < config.num_classes]
         if bad:
             raise InputError(f"--labels {bad} outside the model's classes 0..{config.num_classes - 1}")
@@ -249,7 +190,7 @@ def generate(workdir, autoencoder, num_per_class, label_text, unconditional, ste
     images = np.concatenate([np.asarray(tokenizer.decode(ae_model, qstate, indices[i:i + batch_size]))
                              for i in range(0, len(indices), batch_size)])
     out_labels = np.where(labels == config.unconditional, -1, labels)
-    _save_npz(out, indices=indices, images=images[..., 0] if images.shape[-1] == 1 else images, labels=out_labels)
+    save_npz(out, indices=indices, images=images[..., 0] if images.shape[-1] == 1 else images, labels=out_labels)
     rows = [images[i * num_per_class:i * num_per_class + min(num_per_class, 16)] for i in range(len(classes))]
     png = save_png(Path(out).with_suffix(".png"), grid(rows, scale=2))
     click.echo(f"wrote {out}: {len(images)} images of classes {classes if not unconditional else 'none'}\n"
@@ -337,7 +278,7 @@ def study_codebook_size(data_spec, data_dir, sizes, quantizers, steps, batch_siz
       fsq study codebook-size --data fashion-mnist --sizes 16,64,256,1024,4096,16384 --steps 1500 --workdir runs/study
     """
     try:
-        study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=_int_list(sizes, "--sizes", "16,256"),
+        study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=int_list(sizes, "--sizes", "16,256"),
                         quantizers=tuple(quantizers.split(",")), steps=steps, batch_size=batch_size, preset=preset,
                         seed=seed)
     except KeyboardInterrupt:
@@ -346,8 +287,9 @@ def study_codebook_size(data_spec, data_dir, sizes, quantizers, steps, batch_siz
         click.echo(f"wrote {Path(workdir) / name}")
 
 
-def _print_metrics(result: dict) -> None:
-    click.echo("  ".join(f"{k} {v:.2%}" if k == "usage" else f"{k} {v:.4g}" for k, v in result.items()))
+train_group.add_command(cli_uvim.train_oracle)
+train_group.add_command(cli_uvim.train_lm)
+main.add_command(cli_uvim.predict)
 
 
 @main.command()
@@ -405,29 +347,45 @@ def decode(workdir, tokens_path, out, batch_size):
         np.asarray(tokenizer.decode(model, qstate, indices[i:i + batch_size]))
         for i in range(0, len(indices), batch_size)
     ])
-    _save_npz(out, images=images[..., 0] if images.shape[-1] == 1 else images)
+    save_npz(out, images=images[..., 0] if images.shape[-1] == 1 else images)
     png = save_png(Path(out).with_suffix(".png"), grid([images[i:i + 8] for i in range(0, min(64, len(images)), 8)],
                                                        scale=3))
     click.echo(f"wrote {out}: images {list(images.shape)}\npicture: {png}")
 
 
 @main.command("eval")
-@click.option("--workdir", required=True, help="the tokenizer's folder")
-@with_data_options
+@click.option("--workdir", required=True, help="a tokenizer folder, or a UViM stage-I or stage-II folder")
+@click.option("--task", "task_name", default=None, type=click.Choice(dense_tasks.TASKS),
+              help="UViM: the task the folder was trained for (checked)")
+@click.option("--data", "data_spec", default=None, help="default: the data the model was trained on")
+@click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
 @click.option("--split", default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="UViM: only the first N examples")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON file (default WORKDIR/eval-SPLIT.json)")
-def eval_command(workdir, data_spec, data_dir, split, out):
-    """Reconstruction L1, MSE and PSNR, codebook usage, perplexity and entropy of a tokenizer on a dataset.
+def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
+    """Measure a trained model on a dataset.
+
+    A tokenizer: reconstruction L1, MSE and PSNR, codebook usage, perplexity and entropy. A UViM folder: the task's
+    metric (depth RMSE, colorization PSNR and colour Frechet distance, panoptic quality) of stage II, of its oracle
+    and of the trivial baseline, with the codebook usage of each model's codes.
 
     \b
     Example:
       fsq eval --workdir runs/fsq --data fashion-mnist --split test
+      fsq eval --workdir runs/uvim/depth-lm --task depth
     """
-    model, qstate, header = tokenizer.load(workdir)
-    ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
-    ds = data.load(data_spec, split, data_dir=data_dir, image_size=ae.image_size, channels=ae.channels)
-    result = tokenizer.evaluate(model, qstate, ds)
-    _print_metrics(result)
+    header = checkpoint.read_header(Path(workdir) / train.CHECKPOINT)
+    if header.get("kind", "").startswith("uvim"):
+        result = cli_uvim.evaluate(workdir, task_name, data_spec, data_dir, split, limit)
+    else:
+        if task_name is not None:
+            raise InputError("--task is for UViM folders; a tokenizer has no task")
+        model, qstate, header = tokenizer.load(workdir)
+        ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
+        data_spec = data_spec or header["task"]["data"]["spec"]
+        ds = data.load(data_spec, split, data_dir=data_dir, image_size=ae.image_size, channels=ae.channels)
+        result = tokenizer.evaluate(model, qstate, ds)
+        print_metrics(result)
     out = out or str(Path(workdir) / f"eval-{split}.json")
     checkpoint.write_atomic(out, json.dumps({"data": data_spec, "split": split, "step": header["step"], **result},
                                             indent=2).encode())

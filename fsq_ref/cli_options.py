@@ -1,0 +1,75 @@
+"""Options and helpers shared by the `fsq` commands (`cli`, `cli_uvim`): option groups, list parsing, atomic .npz
+output and running a trainer."""
+
+import io
+from pathlib import Path
+
+import click
+import numpy as np
+
+from fsq_ref import checkpoint, train
+from fsq_ref.errors import InputError
+
+
+def int_list(text: str, option: str, example: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise InputError(f"{option} must be integers separated by commas, such as {example}; got {text!r}") from None
+
+
+def save_npz(path: str | Path, **arrays) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    checkpoint.write_atomic(path, buffer.getvalue())
+
+
+data_options = [
+    click.option("--data", "data_spec", default="fashion-mnist", show_default=True,
+                 help="fashion-mnist, procedural[:N], a .npz file, or a folder of images"),
+    click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (else $FSQ_DATA_DIR, "
+                 "then /usr/share/datasets/fashion-mnist)"),
+]
+
+
+def with_options(options):
+    """A decorator that applies click options in the order listed."""
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return apply
+
+
+with_data_options = with_options(data_options)
+
+
+def with_training_options(*, batch_size: int, learning_rate: float, batch_help: str | None = None):
+    """The budget, schedule and run-folder options that every `fsq train` command takes."""
+    return with_options([
+        click.option("--steps", type=int, default=None, help="training steps (the length of the learning-rate "
+                     "schedule)"),
+        click.option("--time-limit", type=float, default=None, help="stop after this many seconds of training"),
+        click.option("--batch-size", type=int, default=batch_size, show_default=True, help=batch_help),
+        click.option("--learning-rate", type=float, default=learning_rate, show_default=True,
+                     help="peak learning rate"),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--eval-every", type=int, default=1000, show_default=True),
+        click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
+        click.option("--resume", is_flag=True, help="continue the run in --workdir"),
+    ])
+
+
+def run_training(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
+    """Run a task and report; exit 130 after Ctrl-C (the state is saved)."""
+    _, result = train.run(task, workdir, loop, resume=resume)
+    if result is None:
+        raise SystemExit(130)
+    print_metrics(result)
+    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+
+
+def print_metrics(result: dict) -> None:
+    click.echo("  ".join(f"{k} {v:.2%}" if k == "usage" else f"{k} {v:.4g}" for k, v in result.items()))
