@@ -1,0 +1,253 @@
+"""UViM (Kolesnikov et al. 2022) with an FSQ guiding code: the paper's Section 4.2 experiment.
+
+Two stages solve a dense-prediction task (`dense_tasks`: depth, colorization, panoptic segmentation):
+
+- Stage I, the restricted oracle: an encoder reads the task's output together with its input (the context) and
+  compresses it into a short discrete code, the guiding code; a decoder rebuilds the output from the code plus the
+  input. The code only has to carry what the input does not already tell, so it can be short. The bottleneck is FSQ
+  (default levels [7,5,5,5,5], 4375 codes, as in the paper) or the VQ UViM used (EMA dictionary with codebook
+  splitting), the comparison the paper makes. Code dropout (UViM's "random" variant): during training each example
+  keeps a random fraction of its code tokens and the decoder sees the others as absent, so it learns to lean on the
+  context and stays useful when stage II gets some tokens wrong. A "kept" flag channel tells the decoder which tokens
+  are absent, because FSQ's all-zero vector is also a valid code (UViM zeroes dropped VQ codes, which never are).
+- Stage II, the language model: an encoder-decoder transformer reads the input image and predicts the guiding code
+  token by token. At inference: image -> stage II code -> stage I decoder (with the image) -> prediction.
+
+Stage II sees stage I only through `encode_target` and `decode_code`. The code is flattened in raster order to S
+tokens; stage II's input vocabulary shifts codes by one to free 0 as the start symbol (`shift_right`, the only place
+the offset exists).
+
+Our stage I is convolutional (the `nets` encoder/decoder) rather than UViM's ViT: at 32x32 pixels a conv net trains
+far faster on a CPU. The code is short, as UViM's: 4x4 = 16 tokens for a 32x32 image here (one per 8x8 pixels),
+16x16 = 256 tokens for 512x512 in UViM's panoptic model (one per 32x32); see `ORACLE_PRESETS`.
+
+Legend: B batch, H W image size, Cc context channels, Ct target channels, O output channels, h w code grid,
+S = h*w code length, D code dimension, K codebook size, P image patches, F transformer width.
+"""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
+
+from fsq_ref import fsq, vq
+from fsq_ref.errors import InputError
+from fsq_ref.nets import Decoder, Encoder, Transformer, causal_mask
+from fsq_ref.tokenizer import QuantizerConfig
+
+START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class OracleConfig:
+    image_size: int
+    base_filters: int
+    channel_multipliers: tuple[int, ...]  # len(...) - 1 halvings: the code grid is image_size / 2**(len - 1)
+    num_res_blocks: int
+    context_dim: int  # channels of the context features the decoder gets beside the code
+    quantizer: QuantizerConfig = QuantizerConfig("fsq", levels=(7, 5, 5, 5, 5))
+    code_dropout: bool = True
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // 2 ** (len(self.channel_multipliers) - 1)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OracleConfig":
+        q = {k: tuple(v) if isinstance(v, list) else v for k, v in d["quantizer"].items()}
+        return cls(**{**d, "channel_multipliers": tuple(d["channel_multipliers"]), "quantizer": QuantizerConfig(**q)})
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    patch_size: int
+    dim: int
+    encoder_depth: int
+    decoder_depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float = 0.0
+
+
+ORACLE_PRESETS = {
+    "tiny": OracleConfig(image_size=32, base_filters=8, channel_multipliers=(1, 2, 2, 2), num_res_blocks=1,
+                         context_dim=8),
+    # 32x32 images -> a 4x4 code (16 tokens of 12.1 bits with FSQ [7,5,5,5,5]).
+    "quick": OracleConfig(image_size=32, base_filters=16, channel_multipliers=(1, 2, 2, 4), num_res_blocks=1,
+                          context_dim=32),
+}
+LM_PRESETS = {
+    "tiny": LMConfig(patch_size=8, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_dim=64),
+    "quick": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256),
+    # UViM's stage II: ViT-L/16 encoder and a 24-layer decoder of the same width, dropout 0.1 (512 px inputs).
+    "paper": LMConfig(patch_size=16, dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_dim=4096,
+                      dropout=0.1),
+}
+
+
+def _preset(presets: dict, name: str):
+    if name not in presets:
+        raise InputError(f"unknown preset {name!r}: use one of {', '.join(presets)}")
+    return presets[name]
+
+
+def oracle_preset(name: str) -> OracleConfig:
+    return _preset(ORACLE_PRESETS, name)
+
+
+def lm_preset(name: str) -> LMConfig:
+    return _preset(LM_PRESETS, name)
+
+
+def _hw(x: Float[Array, "H W C"]) -> Float[Array, "C H W"]:  # eqx convolutions are channels-first
+    return jnp.moveaxis(x, -1, 0)
+
+
+def _channels_last(x: Float[Array, "C H W"]) -> Float[Array, "H W C"]:
+    return jnp.moveaxis(x, 0, -1)
+
+
+class Oracle(eqx.Module):
+    """Stage I: (target, context) -> guiding code -> (code, context) -> decoder outputs (logits or values)."""
+
+    context_encoder: Encoder
+    encoder: Encoder
+    quantizer: fsq.FSQ | vq.VQ
+    decoder: Decoder
+    head_hidden: eqx.nn.Conv2d
+    head_out: eqx.nn.Conv2d
+    code_dropout: bool = eqx.field(static=True)
+
+    def __init__(self, config: OracleConfig, *, context_channels: int, target_channels: int, out_channels: int,
+                 key: PRNGKeyArray):
+        ctx_key, enc_key, q_key, dec_key, hidden_key, out_key = jr.split(key, 6)
+        shape = dict(base_filters=config.base_filters, channel_multipliers=config.channel_multipliers,
+                     num_res_blocks=config.num_res_blocks)
+        self.quantizer = config.quantizer.build(key=q_key)
+        self.context_encoder = Encoder(in_channels=context_channels, out_dim=config.context_dim, key=ctx_key, **shape)
+        self.encoder = Encoder(in_channels=target_channels + context_channels, out_dim=self.quantizer.dim,
+                               key=enc_key, **shape)
+        # Decoder input per code position: the code, its "kept" flag, and the context's features.
+        self.decoder = Decoder(in_dim=self.quantizer.dim + 1 + config.context_dim, out_channels=config.base_filters,
+                               key=dec_key, **shape)
+        # The full-resolution context joins again at the end, so fine detail need not pass through the code.
+        self.head_hidden = eqx.nn.Conv2d(config.base_filters + context_channels, config.base_filters, 3, padding=1,
+                                         key=hidden_key)
+        self.head_out = eqx.nn.Conv2d(config.base_filters, out_channels, 1, key=out_key)
+        self.code_dropout = config.code_dropout
+
+    def encode(self, target: Float[Array, "B H W Ct"], context: Float[Array, "B H W Cc"], qstate, *,
+               key: PRNGKeyArray | None = None, train: bool = False):
+        """-> (fsq.Quantized with codes [B, h, w, D] and indices [B, h, w], new quantizer state)."""
+        z = jax.vmap(self.encoder)(jnp.concatenate([target, context], axis=-1))
+        return self.quantizer(z, qstate, key=key, train=train)
+
+    def decode(self, codes: Float[Array, "B h w D"], kept: Bool[Array, "B h w"],
+               context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
+        flag = kept[..., None].astype(codes.dtype)
+        x = jnp.concatenate([codes * flag, flag, jax.vmap(self.context_encoder)(context)], axis=-1)
+        x = jnp.concatenate([jax.vmap(self.decoder)(x), context], axis=-1)
+        return jax.vmap(lambda x: _channels_last(self.head_out(jax.nn.swish(self.head_hidden(_hw(x))))))(x)
+
+
+def code_dropout_mask(key: PRNGKeyArray, batch: int, grid: int) -> Bool[Array, "B h w"]:
+    """UViM's random code dropout: example b keeps the tokens whose "importance" (S evenly spaced values in (0, 1))
+    exceeds a threshold u_b ~ U[0, 1], i.e. a random fraction 1 - u_b of them, at random positions."""
+    length = grid * grid
+    threshold_key, shuffle_key = jr.split(key)
+    importance = jnp.linspace(1.0, 0.0, length + 2)[1:-1]
+    keep = importance[None, :] > jr.uniform(threshold_key, (batch, 1))
+    return jr.permutation(shuffle_key, keep, axis=1, independent=True).reshape(batch, grid, grid)
+
+
+def encode_target(oracle: Oracle, qstate, target: Float[Array, "B H W Ct"],
+                  context: Float[Array, "B H W Cc"]) -> Int[Array, "B S"]:
+    """Stage I's half of the interface: a target (with its input) -> its guiding code, S indices in raster order."""
+    indices = oracle.encode(target, context, qstate)[0].indices
+    return indices.reshape(indices.shape[0], -1)
+
+
+def decode_code(oracle: Oracle, qstate, code: Int[Array, "B S"],
+                context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
+    """Stage I's other half: a guiding code (with the input) -> the decoder's outputs."""
+    grid = int(round(code.shape[1] ** 0.5))
+    codes = oracle.quantizer.indices_to_codes(code.reshape(code.shape[0], grid, grid), qstate)
+    return oracle.decode(codes, jnp.ones(codes.shape[:3], bool), context)
+
+
+def shift_right(code: Int[Array, "B S"]) -> Int[Array, "B S"]:
+    """Stage II's input for teacher forcing: the start symbol, then the code shifted by one position and one value."""
+    return jnp.concatenate([jnp.full_like(code[:, :1], START), code[:, :-1] + 1], axis=1)
+
+
+class GuidingCodeLM(eqx.Module):
+    """Stage II: a ViT encoder over the input's patches; a causal decoder with cross-attention predicts the code."""
+
+    patches: eqx.nn.Conv2d
+    encoder_positions: Float[Array, "P F"]
+    encoder: Transformer
+    embed: eqx.nn.Embedding
+    decoder_positions: Float[Array, "S F"]
+    decoder: Transformer
+    head: eqx.nn.Linear
+    code_length: int = eqx.field(static=True)
+
+    def __init__(self, config: LMConfig, *, image_size: int, in_channels: int, code_length: int,
+                 codebook_size: int, key: PRNGKeyArray):
+        if image_size % config.patch_size:
+            raise InputError(f"image size {image_size} is not a multiple of the patch size {config.patch_size}: "
+                             "pick another --lm-preset")
+        patch_key, enc_pos_key, enc_key, embed_key, dec_pos_key, dec_key, head_key = jr.split(key, 7)
+        num_patches = (image_size // config.patch_size) ** 2
+        blocks = dict(dim=config.dim, num_heads=config.num_heads, mlp_dim=config.mlp_dim, dropout=config.dropout)
+        self.patches = eqx.nn.Conv2d(in_channels, config.dim, config.patch_size, stride=config.patch_size,
+                                     key=patch_key)
+        self.encoder_positions = 0.02 * jr.normal(enc_pos_key, (num_patches, config.dim))
+        self.encoder = Transformer(depth=config.encoder_depth, key=enc_key, **blocks)
+        self.embed = eqx.nn.Embedding(codebook_size + 1, config.dim, key=embed_key)  # + the start symbol
+        self.decoder_positions = 0.02 * jr.normal(dec_pos_key, (code_length, config.dim))
+        self.decoder = Transformer(depth=config.decoder_depth, cross_attention=True, key=dec_key, **blocks)
+        self.head = eqx.nn.Linear(config.dim, codebook_size, key=head_key)
+        self.code_length = code_length
+
+    def encode(self, image: Float[Array, "H W Cc"], *, key=None, inference=False) -> Float[Array, "P F"]:
+        x = self.patches(_hw(image)).reshape(self.encoder_positions.shape[1], -1).T
+        return self.encoder(x + self.encoder_positions, key=key, inference=inference)
+
+    def decode(self, inputs: Int[Array, " S"], memory: Float[Array, "P F"], *, key=None,
+               inference=False) -> Float[Array, "S K"]:
+        x = jax.vmap(self.embed)(inputs) + self.decoder_positions
+        x = self.decoder(x, context=memory, mask=causal_mask(self.code_length), key=key, inference=inference)
+        return jax.vmap(self.head)(x)
+
+    def __call__(self, image: Float[Array, "H W Cc"], inputs: Int[Array, " S"], *, key=None,
+                 inference=False) -> Float[Array, "S K"]:
+        enc_key, dec_key = (None, None) if key is None else jr.split(key)
+        return self.decode(inputs, self.encode(image, key=enc_key, inference=inference), key=dec_key,
+                           inference=inference)
+
+
+@eqx.filter_jit
+def generate_code(lm: GuidingCodeLM, context: Float[Array, "B H W Cc"], key: PRNGKeyArray, *,
+                  temperature: float = 0.0) -> Int[Array, "B S"]:
+    """Stage II decoding, one token per step in a `lax.fori_loop`: greedy when temperature is 0, else sampled from
+    softmax(logits / temperature). Each step runs the decoder over the whole (causally masked) sequence, so tokens not
+    yet decided are never looked at."""
+    if temperature < 0:
+        raise InputError(f"temperature must be >= 0; got {temperature}")
+    memory = jax.vmap(lambda image: lm.encode(image, inference=True))(context)
+    batch, length = context.shape[0], lm.code_length
+
+    def step(t, state):
+        code, key = state
+        key, sample_key = jr.split(key)
+        logits = jax.vmap(lambda i, m: lm.decode(i, m, inference=True))(shift_right(code), memory)[:, t]
+        token = (jnp.argmax(logits, axis=-1) if temperature == 0
+                 else jr.categorical(sample_key, logits / temperature, axis=-1))
+        return code.at[:, t].set(token.astype(jnp.int32)), key
+
+    code, _ = jax.lax.fori_loop(0, length, step, (jnp.zeros((batch, length), jnp.int32), key))
+    return code

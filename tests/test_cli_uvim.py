@@ -1,0 +1,94 @@
+"""The UViM commands end to end on the tiny presets and generated scenes: train both stages, predict, evaluate."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_cli import assert_bad_input, invoke
+
+DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uvim") / "oracle"
+    result = invoke("train", "uvim-oracle", "--task", "panoptic", *DATA, "--steps", 4, "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def lm(oracle):
+    workdir = oracle.parent / "lm"
+    result = invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps", 4,
+                    "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    return workdir
+
+
+@pytest.mark.parametrize("command", [["train", "uvim-oracle"], ["train", "uvim-lm"], ["predict"]])
+def test_help(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_both_stages_train_and_log(oracle, lm):
+    for folder, metric in ((oracle, "pq"), (lm, "token_accuracy")):
+        records = [json.loads(line) for line in open(folder / "metrics.jsonl")]
+        assert records[-1]["split"] == "eval" and metric in records[-1] and 0 <= records[-1]["usage"] <= 1
+        assert Image.open(folder / "predictions.png").size[0] > 32
+
+
+def test_predict_writes_predictions_codes_and_a_picture(lm, tmp_path):
+    out = tmp_path / "preds.npz"
+    result = invoke("predict", "--workdir", lm, "--limit", 20, "--out", out)
+    assert result.exit_code == 0, result.output
+    with np.load(out) as f:
+        assert f["semantic"].shape == f["instance"].shape == (20, 32, 32)
+        assert f["code"].shape == (20, 16) and f["code"].max() < 4375
+    assert out.with_suffix(".png").is_file() and str(out.with_suffix(".png")) in result.output
+    # Greedy decoding is deterministic: the same command gives the same predictions.
+    again = tmp_path / "again.npz"
+    invoke("predict", "--workdir", lm, "--limit", 20, "--out", again)
+    with np.load(out) as a, np.load(again) as b:
+        np.testing.assert_array_equal(a["code"], b["code"])
+
+
+def test_eval_reports_stage_two_oracle_and_baseline(lm, tmp_path):
+    out = tmp_path / "eval.json"
+    result = invoke("eval", "--workdir", lm, "--task", "panoptic", "--limit", 64, "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())
+    for row in ("stage II", "oracle (stage I)", "trivial baseline"):
+        assert row in result.output and 0 <= rows[row]["pq"] <= 100
+    assert 0 <= rows["stage II"]["token_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("task", ["depth", "colorization"])
+def test_other_tasks_train_and_predict_from_the_oracle(task, tmp_path):
+    workdir = tmp_path / task
+    result = invoke("train", "uvim-oracle", "--task", task, *DATA, "--quantizer", "vq-split", "--codebook-size", 64,
+                    "--steps", 3, "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "preds.npz"
+    assert invoke("predict", "--workdir", workdir, "--limit", 8, "--out", out).exit_code == 0
+    with np.load(out) as f:
+        assert (f["depth"].shape == (8, 32, 32)) if task == "depth" else (f["image"].shape == (8, 32, 32, 3))
+
+
+def test_bad_input(oracle, lm, tmp_path):
+    assert_bad_input(invoke("eval", "--workdir", lm, "--task", "depth"), "trained for panoptic")
+    assert_bad_input(invoke("train", "uvim-lm", "--oracle", lm, "--steps", 1, "--workdir", tmp_path / "x"),
+                     "not a UViM oracle")
+    assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", "--data", "nonsense", "--steps", 1,
+                            "--workdir", tmp_path / "y"), "nonsense")
+    assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", *DATA, "--levels", "7,2", "--steps", 1,
+                            "--workdir", tmp_path / "z"), "levels")
+    other = tmp_path / "other-oracle"
+    assert invoke("train", "uvim-oracle", "--task", "panoptic", *DATA, "--steps", 1, "--seed", 1,
+                  "--workdir", other).exit_code == 0
+    assert_bad_input(invoke("predict", "--workdir", lm, "--oracle", other, "--out", tmp_path / "p.npz"),
+                     "another oracle")
+    assert not (tmp_path / "p.npz").exists()
