@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fsq_ref import checkpoint, train
+from fsq_ref import checkpoint, precision, train
 from fsq_ref.errors import InputError
 
 
@@ -56,6 +56,8 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
         click.option("--learning-rate", type=float, default=learning_rate, show_default=True,
                      help="peak learning rate"),
         click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--dtype", type=click.Choice(precision.DTYPES), default="float32", show_default=True,
+                     help="compute dtype of the training step; parameters and optimiser state stay float32"),
         click.option("--eval-every", type=int, default=1000, show_default=True),
         click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
         click.option("--resume", is_flag=True, help="continue the run in --workdir"),

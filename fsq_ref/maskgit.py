@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fsq_ref import checkpoint, data
+from fsq_ref import checkpoint, data, precision
 from fsq_ref.errors import InputError
 from fsq_ref.nets import Transformer
 from fsq_ref.train import CHECKPOINT
@@ -162,7 +162,11 @@ def random_mask(key: PRNGKeyArray, seq_len: int) -> Bool[Array, " S"]:
 
 def masked_token_loss(logits: Float[Array, "B S K"], targets: Int[Array, "B S"],
                       masked: Bool[Array, "B S"]) -> tuple[Float[Array, ""], dict]:
-    """Label-smoothed cross-entropy averaged over the masked positions only, and (nll, accuracy) there too."""
+    """Label-smoothed cross-entropy averaged over the masked positions only, and (nll, accuracy) there too.
+
+    Computed in float32 whatever the dtype of `logits` (bf16 under mixed precision, `precision`).
+    """
+    logits = logits.astype(jnp.float32)
     log_p = jax.nn.log_softmax(logits)
     nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
     # Label smoothing: the target puts LABEL_SMOOTHING of its mass uniformly on all K codes.
@@ -199,9 +203,13 @@ def _masked_prediction(model: MaskGIT, tokens: Int[Array, "B S"], labels: Int[Ar
     return *masked_token_loss(out, tokens, masked), out, masked
 
 
-def make_step(weight_decay: float):
-    """The jitted training step: (state, (tokens [B, h, w], labels [B]), key, lr) -> (state, stats, histogram [K])."""
+def make_step(weight_decay: float, dtype: str = "float32"):
+    """The jitted training step: (state, (tokens [B, h, w], labels [B]), key, lr) -> (state, stats, histogram [K]).
+
+    The transformer computes in `dtype` (`precision`); parameters and optimiser state stay float32.
+    """
     opt = optimizer(weight_decay)
+    compute = precision.compute_dtype(dtype)
 
     @eqx.filter_jit(donate="all")
     def step(state: TrainState, batch, key: PRNGKeyArray, lr: Float[Array, ""]):
@@ -211,6 +219,7 @@ def make_step(weight_decay: float):
         labels = jnp.where(jr.bernoulli(drop_key, LABEL_DROPOUT, labels.shape), config.unconditional, labels)
 
         def loss_fn(model):
+            model = precision.cast(model, compute)
             loss, *aux = _masked_prediction(model, tokens, labels, jr.split(mask_key, len(tokens)), dropout_key)
             return loss, aux
 
@@ -255,7 +264,8 @@ class MaskGITTask:
     kind = "maskgit"
 
     def __init__(self, config: MaskGITConfig, tokens: np.ndarray, labels: np.ndarray, *, eval_tokens: np.ndarray,
-                 eval_labels: np.ndarray, batch_size: int, seed: int, weight_decay: float, header: dict):
+                 eval_labels: np.ndarray, batch_size: int, seed: int, weight_decay: float, header: dict,
+                 dtype: str = "float32"):
         for name, (t, l) in {"training": (tokens, labels), "evaluation": (eval_tokens, eval_labels)}.items():
             if t.ndim != 3 or t.shape[1:] != config.grid or l.shape != t.shape[:1]:
                 raise InputError(f"the {name} tokens must be [N, {config.grid[0]}, {config.grid[1]}] with labels [N]; "
@@ -268,7 +278,7 @@ class MaskGITTask:
         self.eval_tokens, self.eval_labels = eval_tokens.astype(np.int32), eval_labels.astype(np.int32)
         self.header = {"maskgit": dataclasses.asdict(config), "tokens": header}
         self.codebook_size = config.codebook_size
-        self.step_fn = make_step(weight_decay)
+        self.step_fn = make_step(weight_decay, dtype)
 
     def init_state(self, key: PRNGKeyArray) -> TrainState:
         return init_train_state(self.config, self.weight_decay, key=key)
@@ -278,7 +288,7 @@ class MaskGITTask:
 
     def batches(self, start_step: int):
         for step in itertools.count(start_step):
-            idx = data.batch_indices(len(self.tokens), self.batch_size, self.seed, step)
+            idx = data.local_rows(data.batch_indices(len(self.tokens), self.batch_size, self.seed, step))
             yield self.tokens[idx], self.labels[idx]
 
     def evaluate(self, state: TrainState, workdir: Path) -> dict:

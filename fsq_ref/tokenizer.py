@@ -23,7 +23,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
-from fsq_ref import checkpoint, data, fsq, metrics, vq
+from fsq_ref import checkpoint, data, fsq, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 from fsq_ref.nets import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig
@@ -146,9 +146,13 @@ def init_train_state(config: TokenizerConfig, weight_decay: float, *, key: PRNGK
     return TrainState(model, opt_state, init_qstate(model, key=state_key))
 
 
-def make_step(weight_decay: float):
-    """The jitted training step: (state, uint8 images, key, learning rate) -> (state, metrics, code histogram)."""
+def make_step(weight_decay: float, dtype: str = "float32"):
+    """The jitted training step: (state, uint8 images, key, learning rate) -> (state, metrics, code histogram).
+
+    The network computes in `dtype` (`precision`); parameters, optimiser and quantizer state stay float32.
+    """
     opt = optimizer(weight_decay)
+    compute = precision.compute_dtype(dtype)
 
     # Every input is consumed by the step: donating them lets XLA update the parameters in place.
     @eqx.filter_jit(donate="all")
@@ -156,8 +160,9 @@ def make_step(weight_decay: float):
         x = to_unit(images)
 
         def loss_fn(model):
-            recon, q, qstate = model(x, state.qstate, key=key, train=True)
-            mse = jnp.mean((recon - x) ** 2)
+            model = precision.cast_network(model, compute)
+            recon, q, qstate = model(precision.cast(x, compute), state.qstate, key=key, train=True)
+            mse = jnp.mean((recon.astype(jnp.float32) - x) ** 2)
             return mse + q.loss, (mse, q, qstate)
 
         (loss, (mse, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
@@ -229,7 +234,7 @@ class AutoencoderTask:
     kind = "autoencoder"
 
     def __init__(self, config: TokenizerConfig, train_ds: data.Dataset, eval_ds: data.Dataset, *, batch_size: int,
-                 seed: int, weight_decay: float, data_header: dict):
+                 seed: int, weight_decay: float, data_header: dict, dtype: str = "float32"):
         if train_ds.image_shape != (config.autoencoder.image_size,) * 2 + (config.autoencoder.channels,):
             raise InputError(f"the data's images are {train_ds.image_shape} but the preset expects "
                              f"{config.autoencoder.image_size}x{config.autoencoder.image_size}x"
@@ -238,7 +243,7 @@ class AutoencoderTask:
         self.batch_size, self.seed, self.weight_decay = batch_size, seed, weight_decay
         self.header = {"tokenizer": dataclasses.asdict(config), "data": data_header}
         self.codebook_size = config.quantizer.size
-        self.step_fn = make_step(weight_decay)
+        self.step_fn = make_step(weight_decay, dtype)
 
     def init_state(self, key: PRNGKeyArray) -> TrainState:
         return init_train_state(self.config, self.weight_decay, key=key)

@@ -170,7 +170,9 @@ class VQ(eqx.Module):
     def codewords(self, state: VQState | None) -> Float[Array, "K D"]:
         """The current codebook, [K, D] float32."""
         if self.ema_decay is None:
-            codebook = self.codebook
+            # Under mixed precision the learned codebook arrives in bf16 like every parameter (`precision`); the
+            # distances, the codes and the losses are computed in float32 all the same.
+            codebook = self.codebook.astype(jnp.float32)
         else:
             if state is None:
                 raise InputError("this VQ keeps an EMA dictionary: pass the state from vq.init_state(key=...)")

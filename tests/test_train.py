@@ -71,6 +71,21 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
         train.run(ToyTask(), tmp_path, train.LoopConfig(steps=3, batch_size=4, seed=1), resume=True)
 
 
+def test_resume_needs_the_same_dtype(tmp_path):
+    loop = train.LoopConfig(steps=3, batch_size=4)
+    train.run(ToyTask(), tmp_path, loop, echo=lambda s: None)
+    with pytest.raises(ValueError, match="other settings"):
+        train.run(ToyTask(), tmp_path, train.LoopConfig(steps=3, batch_size=4, dtype="bfloat16"), resume=True)
+    # A checkpoint written before `dtype` existed was trained in float32, and resumes in float32.
+    path = tmp_path / train.CHECKPOINT
+    header, state = checkpoint.load(path, ToyTask().init_state(None))
+    del header["loop"]["dtype"], header["sha256"]
+    checkpoint.save(path, header, state)
+    train.run(ToyTask(), tmp_path, loop, resume=True, echo=lambda s: None)
+    with pytest.raises(ValueError, match="--dtype must be one of float32, bfloat16"):
+        train.LoopConfig(steps=3, dtype="float16")
+
+
 def test_learning_rate_schedule():
     lrs = [train.learning_rate(s, 100, 1.0, 10) for s in range(100)]
     assert lrs[9] == 1.0 and all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))  # warm-up rises to the peak
