@@ -10,48 +10,15 @@ Compilation is excluded; the figure is the median of several repeats (VQ's stop 
 
 import argparse
 import platform
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from fsq_ref import fsq, vq
+from fsq_ref import fsq
+from fsq_ref.bench import fsq_fn, median_seconds, vq_fn
 
 SIZES = (2**8, 2**10, 2**12, 2**14, 2**16)
-
-
-def median_seconds(fn, *args, repeats: int, budget: float = 60.0) -> tuple[float, int]:
-    """Median wall time of `repeats` calls (compilation and one warm-up call excluded), stopping early once `budget`
-    seconds have been spent, so that slow configurations finish; returns (median, calls timed)."""
-    jax.block_until_ready(fn(*args))  # compile and warm up
-    times = []
-    while len(times) < repeats and sum(times) < budget:
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), len(times)
-
-
-def fsq_fn(levels):
-    @jax.jit
-    def run(z):
-        codes = fsq.quantize(z, levels)
-        return codes, fsq.codes_to_indices(codes, levels)
-
-    return run
-
-
-def vq_fn(chunk: int):
-    @jax.jit
-    def run(z, codebook):
-        # lax.map over chunks of `chunk` vectors bounds the distance matrix to [chunk, K].
-        chunks = z.reshape(-1, chunk, z.shape[-1])
-        indices = jax.lax.map(lambda x: vq.nearest(x, codebook)[0], chunks).reshape(-1)
-        return codebook[indices], indices
-
-    return run
 
 
 def main():

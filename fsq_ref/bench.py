@@ -1,0 +1,197 @@
+"""`fsq bench`: the project's speed on whatever device JAX sees, one Markdown table per area.
+
+Areas:
+- quantizers: FSQ quantize + indices ([8,5,5,5], 2^10 codes) and VQ nearest-neighbour lookup (1024 codes, same D)
+  over a million vectors, in vectors/s; for FSQ also the share of the device's memory bandwidth it reaches (bytes
+  read and written over time, against an elementwise pass over a large array timed in the same run: the fastest a
+  memory-bound kernel can go).
+- tokenizer, maskgit, uvim: one training step of each trainer on its default preset (images/s, tokens/s), the data
+  pipeline's rate for the same batches (host batch assembly + transfer to the devices; it must outrun the step), and
+  the compilations seen while the timed steps ran (0: one compilation per shape). Then generation: MaskGIT at
+  batch 256 with 12 steps, and UViM stage II decoding (greedy, batch 256), each one compiled call.
+
+Every figure is a median over repeats after a warm-up call (which compiles). Times are wall clock: the host is
+waited for only once per repeat.
+"""
+
+import platform
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+
+from fsq_ref import data, dense, dense_tasks, fsq, maskgit, tokenizer, uvim, uvim_train, vq
+from fsq_ref.errors import InputError
+
+AREAS = ("quantizers", "tokenizer", "maskgit", "uvim")
+
+
+def median_seconds(fn: Callable, *args, repeats: int = 5, budget: float = 60.0) -> tuple[float, int]:
+    """Median wall time of `repeats` calls of fn(*args), after one untimed call (compilation, warm-up); stops early
+    once `budget` seconds have been timed. Returns (median seconds, calls timed)."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    while len(times) < repeats and sum(times) < budget:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), len(times)
+
+
+class CompileCounter:
+    """Counts XLA compilations while active (a `jax.monitoring` listener on backend compile events)."""
+
+    EVENT = "/jax/core/compile/backend_compile_duration"
+
+    def __enter__(self):
+        self.count = 0
+        self._listener = lambda name, *_, **__: setattr(self, "count", self.count + (name == self.EVENT))
+        jax.monitoring.register_event_duration_secs_listener(self._listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def header() -> str:
+    device = jax.devices()[0]
+    return (f"device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
+            f"python {platform.python_version()}; command: fsq bench {' '.join(sys.argv[2:])}".rstrip())
+
+
+def fsq_fn(levels: tuple[int, ...]):
+    """Jitted FSQ quantize + indices: the work FSQ does per latent vector."""
+
+    @jax.jit
+    def run(z):
+        codes = fsq.quantize(z, levels)
+        return codes, fsq.codes_to_indices(codes, levels)
+
+    return run
+
+
+def vq_fn(chunk: int = 4000):
+    """Jitted VQ nearest-neighbour lookup (codes and indices) in blocks of `chunk` vectors, so that the [chunk, K]
+    distance matrix stays small (chunk must divide the number of vectors)."""
+
+    @jax.jit
+    def run(z, codebook):
+        blocks = z.reshape(-1, chunk, z.shape[-1])
+        indices = jax.lax.map(lambda x: vq.nearest(x, codebook)[0], blocks).reshape(-1)
+        return codebook[indices], indices
+
+    return run
+
+
+def quantizers(vectors: int = 1_000_000, repeats: int = 5) -> list[str]:
+    levels = (8, 5, 5, 5)
+    z = jr.normal(jr.key(0), (vectors, len(levels)), jnp.float32)
+    codebook = jr.normal(jr.key(1), (1024, len(levels)), jnp.float32)
+
+    big = jnp.ones((64 * 2**20,), jnp.float32)  # 256 MiB
+    t_copy, _ = median_seconds(jax.jit(lambda x: x + 1.0), big, repeats=repeats)
+    bandwidth = 2 * big.nbytes / t_copy  # read + write
+    t_fsq, _ = median_seconds(fsq_fn(levels), z, repeats=repeats)
+    t_vq, _ = median_seconds(vq_fn(), z, codebook, repeats=repeats)
+    moved = z.nbytes * 2 + vectors * 4  # read z; write codes and int32 indices
+    return ["| quantizer | vectors/s | bytes moved / s | share of measured bandwidth |", "|---|---:|---:|---:|",
+            f"| elementwise pass over 256 MiB (reference) | - | {bandwidth / 1e9:.1f} GB/s | 100% |",
+            f"| FSQ [8,5,5,5], quantize + indices, {vectors:,} vectors | {vectors / t_fsq / 1e6:.1f} M | "
+            f"{moved / t_fsq / 1e9:.1f} GB/s | {moved / t_fsq / bandwidth:.0%} |",
+            f"| VQ, 1024 codes, D 4, nearest neighbour | {vectors / t_vq / 1e6:.2f} M | - | - |"]
+
+
+def _training_row(name: str, unit: str, per_batch: int, task, batch_size: int, repeats: int = 5,
+                  steps: int = 10) -> str:
+    """Median rate of `steps` consecutive training steps, the data pipeline's rate, compilations while timed."""
+    state = task.init_state(jr.key(0))
+    batches = task.batches(0)
+    put = lambda batch: jax.device_put(batch)
+    state, *_ = task.step(state, put(next(batches)), jr.key(0), jnp.float32(1e-4))  # compiles
+    step_times = []
+    with CompileCounter() as compiles:
+        for r in range(repeats):
+            prepared = [put(next(batches)) for _ in range(steps)]
+            jax.block_until_ready(prepared)
+            start = time.perf_counter()
+            for i, batch in enumerate(prepared):
+                state, stats, _ = task.step(state, batch, jr.key(r * steps + i), jnp.float32(1e-4))
+            jax.block_until_ready(stats)
+            step_times.append((time.perf_counter() - start) / steps)
+    data_times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready([put(next(batches)) for _ in range(steps)])
+        data_times.append((time.perf_counter() - start) / steps)
+    step, pipeline = statistics.median(step_times), statistics.median(data_times)
+    return (f"| {name} | {batch_size} | {per_batch * batch_size / step:,.0f} {unit}/s | {1 / step:.1f} | "
+            f"{1 / pipeline:,.0f} ({step / pipeline:,.0f}x the step) | {compiles.count} |")
+
+
+TRAINING_HEAD = ["| training step | batch | throughput | steps/s | data pipeline batches/s | compilations while timed |",
+                 "|---|---:|---:|---:|---:|---:|"]
+
+
+def _images(n: int = 2048) -> data.ArrayDataset:
+    try:
+        return data.load("fashion-mnist", "test")
+    except InputError:  # not installed: generated images of the same shape
+        return data.load(f"procedural:{n}", "train", image_size=28, channels=1)
+
+
+def tokenizer_area(batch_size: int = 16) -> list[str]:
+    ds = _images()
+    config = tokenizer.TokenizerConfig(tokenizer.preset("fashion-mnist"), tokenizer.QuantizerConfig("fsq"))
+    task = tokenizer.AutoencoderTask(config, ds, ds, batch_size=batch_size, seed=0, weight_decay=1e-4,
+                                     data_header={})
+    return TRAINING_HEAD + [_training_row("tokenizer, FSQ [8,6,5], fashion-mnist preset", "images", 1, task,
+                                          batch_size)]
+
+
+def maskgit_area(batch_size: int = 64, generate_batch: int = 256, repeats: int = 3) -> list[str]:
+    grid, n = (7, 7), 4096
+    tokens = np.asarray(jr.randint(jr.key(0), (n, *grid), 0, 240), np.int32)
+    labels = np.arange(n, dtype=np.int32) % 10
+    config = maskgit.preset("fashion-mnist", codebook_size=240, num_classes=10, grid=grid)
+    task = maskgit.MaskGITTask(config, tokens, labels, eval_tokens=tokens[:64], eval_labels=labels[:64],
+                               batch_size=batch_size, seed=0, weight_decay=maskgit.WEIGHT_DECAY, header={})
+    row = _training_row("MaskGIT, fashion-mnist preset, 7x7 tokens", "tokens", 49, task, batch_size)
+    model = task.init_state(jr.key(0)).model
+    masked = jnp.full((generate_batch, 49), config.mask_token, jnp.int32)
+    seconds, _ = median_seconds(lambda key: maskgit.generate(model, masked, jnp.asarray(labels[:generate_batch]),
+                                                             key, steps=12), jr.key(1), repeats=repeats)
+    return TRAINING_HEAD + [row, "", "| generation | batch | images/s |", "|---|---:|---:|",
+                            f"| MaskGIT, 12 steps, one compiled call | {generate_batch} | "
+                            f"{generate_batch / seconds:,.0f} |"]
+
+
+def uvim_area(batch_size: int = 32, decode_batch: int = 256, repeats: int = 3) -> list[str]:
+    train_ds = dense.load("scenes:1024:256", "train")
+    task = dense_tasks.make("depth", train_ds)
+    oracle = uvim.oracle_preset("quick")
+    oracle_task = uvim_train.OracleTask(oracle, task, train_ds, train_ds, batch_size=batch_size, seed=0,
+                                        weight_decay=1e-4, data_header={})
+    row = _training_row("UViM oracle (stage I), depth, quick preset", "images", 1, oracle_task, batch_size)
+    lm = uvim_train.init_lm_state(uvim.lm_preset("quick"), oracle, task, 1e-4, key=jr.key(0)).model
+    context = task.context(train_ds.batch(np.arange(decode_batch) % len(train_ds)))
+    seconds, _ = median_seconds(lambda key: uvim.generate_code(lm, context, key), jr.key(1), repeats=repeats)
+    return TRAINING_HEAD + [row, "", "| generation | batch | images/s |", "|---|---:|---:|",
+                            f"| UViM stage II, greedy, {oracle.grid ** 2} tokens, quick preset | {decode_batch} | "
+                            f"{decode_batch / seconds:,.0f} |"]
+
+
+def run(areas=AREAS, echo: Callable[[str], None] = print) -> str:
+    """Measure `areas`, echo each table as it is ready, and return the whole report as Markdown."""
+    parts = {"quantizers": quantizers, "tokenizer": tokenizer_area, "maskgit": maskgit_area, "uvim": uvim_area}
+    report = [header(), ""]
+    echo(report[0])
+    for area in areas:
+        lines = [f"### {area}", "", *parts[area](), ""]
+        echo("\n".join(lines))
+        report += lines
+    return "\n".join(report)

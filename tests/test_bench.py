@@ -1,0 +1,37 @@
+"""`fsq bench`: its timing helpers and the quantizer table (the training areas are exercised by the benchmark itself;
+they take minutes)."""
+
+import jax
+import jax.numpy as jnp
+
+from fsq_ref import bench
+from test_cli import assert_bad_input, invoke
+
+
+def test_compile_counter_sees_new_shapes_only():
+    f = jax.jit(lambda x: x * 3 - 1)
+    five, other_five, six = jnp.ones(5), jnp.zeros(5), jnp.ones(6)  # made outside: creating arrays compiles too
+    with bench.CompileCounter() as first:
+        f(five).block_until_ready()
+    with bench.CompileCounter() as again:
+        f(five).block_until_ready()
+        f(other_five).block_until_ready()
+    with bench.CompileCounter() as other_shape:
+        f(six).block_until_ready()
+    assert (first.count, again.count, other_shape.count) == (1, 0, 1)
+
+
+def test_median_seconds_times_the_requested_repeats():
+    seconds, calls = bench.median_seconds(jax.jit(lambda x: x + 1), jnp.ones(10), repeats=3)
+    assert calls == 3 and 0 < seconds < 1
+
+
+def test_quantizer_table():
+    lines = bench.quantizers(vectors=8000, repeats=1)
+    assert len(lines) == 5 and all(line.startswith("|") for line in lines)
+    assert "FSQ [8,5,5,5]" in lines[3] and "%" in lines[3]
+
+
+def test_cli_rejects_unknown_areas():
+    assert invoke("bench", "--help").exit_code == 0
+    assert_bad_input(invoke("bench", "--areas", "quantizers,speed"), "unknown --areas")
