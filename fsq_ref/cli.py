@@ -13,7 +13,8 @@ import click
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, cli_uvim, data, dense_tasks, features, fsq, maskgit, study, tokenizer, tokens, train
+from fsq_ref import (bench, checkpoint, cli_uvim, data, dense_tasks, distributed, features, fsq, maskgit, study,
+                     tokenizer, tokens, train)
 from fsq_ref.cli_options import (int_list, print_metrics, run_training, save_npz, with_data_options,
                                  with_training_options)
 from fsq_ref.errors import InputError
@@ -37,9 +38,22 @@ class FsqGroup(click.Group):
 
 
 @click.group(cls=FsqGroup)
-def main():
-    """Finite Scalar Quantization (Mentzer et al., ICLR 2024): train FSQ/VQ tokenizers and MaskGIT on their tokens,
-    turn images into tokens and back, generate, and measure."""
+@click.option("--coordinator-address", default=None, metavar="HOST:PORT",
+              help="multi-process training: process 0's address (or $FSQ_COORDINATOR_ADDRESS)")
+@click.option("--num-processes", type=int, default=None,
+              help="multi-process training: how many (or $FSQ_NUM_PROCESSES)")
+@click.option("--process-id", type=int, default=None,
+              help="multi-process training: this one's, 0.. (or $FSQ_PROCESS_ID)")
+@click.option("--distributed", "auto", type=click.Choice(["auto"]), default=None,
+              help="join a multi-process run with the settings a cluster provides (SLURM, Open MPI, Cloud TPU)")
+def main(coordinator_address, num_processes, process_id, auto):
+    """Finite Scalar Quantization (Mentzer et al., ICLR 2024): train FSQ/VQ tokenizers, MaskGIT on their tokens and
+    UViM with an FSQ guiding code; turn images into tokens and back, generate, predict, and measure.
+
+    Training uses every device JAX sees. For several hosts, start the same command on each, with the options above
+    (see README, "GPUs and clusters").
+    """
+    distributed.initialize(coordinator_address, num_processes, process_id, auto=auto is not None)
 
 
 @main.group("train")
@@ -58,7 +72,7 @@ def train_group():
 @with_training_options(batch_size=16, learning_rate=2e-3,
                        batch_help="small batches make more steps per second on a CPU; raise it on an accelerator")
 def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_dim, preset, steps, time_limit,
-                      batch_size, learning_rate, seed, eval_every, workdir, resume):
+                      batch_size, learning_rate, seed, dtype, eval_every, workdir, resume):
     """Train an image tokenizer (autoencoder with an FSQ or VQ bottleneck).
 
     \b
@@ -80,11 +94,13 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
         q = tokenizer.QuantizerConfig(quantizer, codebook_size=codebook_size or 256, vq_dim=vq_dim)
     ae = tokenizer.preset(preset)
     loop = train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
-                            learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every)
+                            learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every,
+                            dtype=dtype)
     load = dict(data_dir=data_dir, image_size=ae.image_size, channels=ae.channels, seed=seed)
     task = tokenizer.AutoencoderTask(
         tokenizer.TokenizerConfig(ae, q), data.load(data_spec, "train", **load), data.load(data_spec, "test", **load),
         batch_size=batch_size, seed=seed, weight_decay=loop.weight_decay, data_header={"spec": data_spec},
+        dtype=loop.dtype,
     )
     click.echo(f"{q.kind} tokenizer, codebook size {q.size}" + (f" (levels {list(q.levels)})" if q.kind == "fsq"
                else "") + f", {ae.token_grid}x{ae.token_grid} tokens, training on {data_spec}")
@@ -99,8 +115,8 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
               help="held-out tokens (`fsq encode --split test`); default: the last 5% of --tokens, not trained on")
 @click.option("--preset", default="fashion-mnist", show_default=True, help="transformer size: tiny, fashion-mnist, paper")
 @with_training_options(batch_size=64, learning_rate=1e-3)
-def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, eval_every,
-                  workdir, resume):
+def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
+                  eval_every, workdir, resume):
     """Train a class-conditional MaskGIT transformer on a tokenizer's tokens.
 
     \b
@@ -124,11 +140,11 @@ def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_siz
                             num_classes=train_tokens.num_classes or 1, grid=train_tokens.grid)
     loop = train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
                             learning_rate=learning_rate, weight_decay=maskgit.WEIGHT_DECAY, eval_every=eval_every,
-                            checkpoint_every=eval_every)
+                            checkpoint_every=eval_every, dtype=dtype)
     task = maskgit.MaskGITTask(
         config, train_tokens.indices, _labels(train_tokens), eval_tokens=held_out.indices,
         eval_labels=_labels(held_out), batch_size=batch_size, seed=seed, weight_decay=loop.weight_decay,
-        header={"tokenizer": train_tokens.tokenizer, "codebook_size": train_tokens.codebook_size},
+        header={"tokenizer": train_tokens.tokenizer, "codebook_size": train_tokens.codebook_size}, dtype=loop.dtype,
     )
     click.echo(f"MaskGIT ({preset}) on {len(train_tokens.indices)} token grids of {config.grid[0]}x{config.grid[1]}, "
                f"codebook {config.codebook_size}, {config.num_classes} classes")
@@ -292,6 +308,29 @@ train_group.add_command(cli_uvim.train_lm)
 main.add_command(cli_uvim.predict)
 
 
+@main.command("bench")
+@click.option("--areas", default=",".join(bench.AREAS), show_default=True, help="which tables to measure")
+@click.option("--append", "append_to", default=None, type=click.Path(dir_okay=False),
+              help="also append the report to this Markdown file (e.g. BENCHMARKS.md)")
+def bench_command(areas, append_to):
+    """Speed on the devices JAX sees: quantizers (and FSQ's share of memory bandwidth), each trainer's step against
+    its data pipeline, compilations, MaskGIT generation and UViM decoding. Medians over repeats, warm-up excluded.
+
+    \b
+    Example:
+      fsq bench --areas quantizers,tokenizer --append BENCHMARKS.md
+    """
+    chosen = areas.split(",")
+    unknown = [a for a in chosen if a not in bench.AREAS]
+    if unknown:
+        raise InputError(f"unknown --areas {unknown}: choose from {', '.join(bench.AREAS)}")
+    report = bench.run(chosen, echo=click.echo)
+    if append_to is not None:
+        with open(append_to, "a") as f:
+            f.write("\n" + report + "\n")
+        click.echo(f"appended to {append_to}")
+
+
 @main.command()
 @click.option("--workdir", required=True, help="a folder trained by `fsq train autoencoder`")
 @with_data_options
@@ -377,6 +416,7 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
     header = checkpoint.read_header(Path(workdir) / train.CHECKPOINT)
     if header.get("kind", "").startswith("uvim"):
         result = cli_uvim.evaluate(workdir, task_name, data_spec, data_dir, split, limit)
+        data_spec = data_spec or header["task"]["data"]["spec"]
     else:
         if task_name is not None:
             raise InputError("--task is for UViM folders; a tokenizer has no task")

@@ -33,9 +33,10 @@ def _load_data(data_spec, split, data_dir, size, seed=0) -> dense.DenseData:
     return dense.load(data_spec, split, data_dir=data_dir, size=size, seed=seed)
 
 
-def _loop(steps, time_limit, batch_size, learning_rate, seed, eval_every) -> train.LoopConfig:
+def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every) -> train.LoopConfig:
     return train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
-                            learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every)
+                            learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every,
+                            dtype=dtype)
 
 
 @click.command("uvim-oracle")
@@ -49,7 +50,7 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, eval_every) -> tra
 @click.option("--code-dropout/--no-code-dropout", default=True, show_default=True)
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, code_dropout, steps,
-                 time_limit, batch_size, learning_rate, seed, eval_every, workdir, resume):
+                 time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
@@ -64,10 +65,10 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
     train_ds = _load_data(data_spec, "train", data_dir, config.image_size, seed)
     test_ds = _load_data(data_spec, "test", data_dir, config.image_size, seed)
     task = dense_tasks.make(task_name, train_ds)
-    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, eval_every)
+    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     oracle_task = uvim_train.OracleTask(config, task, train_ds, test_ds, batch_size=batch_size, seed=seed,
                                         weight_decay=loop.weight_decay,
-                                        data_header={"spec": data_spec, "seed": seed})
+                                        data_header={"spec": data_spec, "seed": seed}, dtype=loop.dtype)
     click.echo(f"UViM stage I for {task_name} on {data_spec} ({len(train_ds)} training examples): {q.kind} "
                f"bottleneck, {q.size} codes, {config.grid}x{config.grid} code")
     run_training(oracle_task, workdir, loop, resume)
@@ -80,7 +81,7 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
 @with_dense_data_options
 @click.option("--preset", default="quick", show_default=True, help="transformer size: tiny, quick, paper")
 @with_training_options(batch_size=32, learning_rate=1e-3)
-def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_size, learning_rate, seed,
+def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
              eval_every, workdir, resume):
     """Train UViM's stage II: an encoder-decoder transformer that predicts the oracle's guiding code from the input.
 
@@ -97,9 +98,10 @@ def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_s
     size = header["task"]["oracle"]["image_size"]
     train_ds = _load_data(data_spec, "train", data_dir, size, recorded["seed"])
     test_ds = _load_data(data_spec, "test", data_dir, size, recorded["seed"])
-    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, eval_every)
+    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     task = uvim_train.LMTask(uvim.lm_preset(preset), oracle_dir, train_ds, test_ds, batch_size=batch_size, seed=seed,
-                             weight_decay=loop.weight_decay, data_header={"spec": data_spec, "seed": recorded["seed"]})
+                             weight_decay=loop.weight_decay, data_header={"spec": data_spec, "seed": recorded["seed"]},
+                             dtype=loop.dtype)
     click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec}: predicting codes of "
                f"{task.oracle_config.grid ** 2} tokens from {task.codebook_size}")
     run_training(task, workdir, loop, resume)

@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Iterator, Protocol
 
+import jax
 import numpy as np
 from PIL import Image
 
@@ -148,11 +149,20 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
     return order[position * batch_size:(position + 1) * batch_size].astype(np.int64)
 
 
+def local_rows(idx: np.ndarray) -> np.ndarray:
+    """This process's share of a global batch: the i-th of `jax.process_count()` equal, contiguous parts, i the
+    process index (all of `idx` on one host). With several hosts each one loads only the examples its own devices
+    train on; the training loop assembles the global batch from the parts (`train.run`)."""
+    rows = len(idx) // jax.process_count()
+    return idx[jax.process_index() * rows:(jax.process_index() + 1) * rows]
+
+
 def iterate(ds: Dataset, batch_size: int, *, seed: int,
             start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Training batches for step = start_step, start_step + 1, ... forever (see `batch_indices`)."""
+    """This process's rows (`local_rows`) of the training batches for step = start_step, start_step + 1, ...
+    forever (see `batch_indices`)."""
     for step in itertools.count(start_step):
-        yield ds.get(batch_indices(len(ds), batch_size, seed, step))
+        yield ds.get(local_rows(batch_indices(len(ds), batch_size, seed, step)))
 
 
 def eval_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

@@ -4,7 +4,8 @@ A task (the tokenizer here, MaskGIT and UViM elsewhere) supplies its initial sta
 and its evaluation; this loop adds what every run needs:
 
 - data parallelism: a 1-D `jax.sharding.Mesh` over every device JAX sees, the batch split along it and the state
-  replicated, so the jitted step runs unchanged on one CPU or eight GPUs (XLA inserts the gradient all-reduce);
+  replicated, so the jitted step runs unchanged on one CPU or eight GPUs (XLA inserts the gradient all-reduce), and
+  across hosts: each process loads its own rows of every batch and only process 0 writes files (`distributed`);
 - a progress bar with the live loss and codebook usage, `metrics.jsonl`, evaluation on held-out data every
   `eval_every` steps and at the end;
 - one checkpoint file, written atomically every `checkpoint_every` steps and at the end; `resume` continues exactly
@@ -16,7 +17,8 @@ and its evaluation; this loop adds what every run needs:
 - Ctrl-C stops at the next step boundary and saves; a second Ctrl-C aborts at once. A NaN or infinite loss stops
   the run without saving, so the last good checkpoint stays on disk.
 
-The host waits for the device only at logging intervals: steps are dispatched asynchronously in between.
+The host waits for the device only at logging intervals: steps are dispatched asynchronously in between, so the
+next batch is assembled and sent to the devices while the current step computes.
 """
 
 import dataclasses
@@ -35,7 +37,7 @@ import jax.random as jr
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fsq_ref import checkpoint
+from fsq_ref import checkpoint, distributed, precision
 from fsq_ref.errors import InputError
 from fsq_ref.metrics import codebook_stats
 
@@ -59,6 +61,7 @@ class LoopConfig:
     log_every: int = 25
     eval_every: int = 1000
     checkpoint_every: int = 1000
+    dtype: str = "float32"  # compute dtype of the training step (`precision`); parameters stay float32
 
     def __post_init__(self):
         if self.steps is None and self.time_limit is None:
@@ -69,6 +72,7 @@ class LoopConfig:
             raise InputError(f"--time-limit must be > 0 seconds; got {self.time_limit}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1; got {self.batch_size}")
+        precision.compute_dtype(self.dtype)
 
 
 class Task(Protocol):
@@ -103,12 +107,32 @@ def data_mesh(devices=None) -> Mesh:
 
 
 # Settings that fix what a step computes: a resumed run must use the same ones to continue the same trajectory.
-_RESUME_MUST_MATCH = ("batch_size", "seed", "learning_rate", "warmup_steps", "weight_decay")
+_RESUME_MUST_MATCH = ("batch_size", "seed", "learning_rate", "warmup_steps", "weight_decay", "dtype")
 
 
-def _shard_batch(batch, mesh: Mesh):
+def _global_batch(local_batch, mesh: Mesh):
+    """The global batch, split along the mesh's "data" axis, from this process's rows of it (`data.local_rows`)."""
     sharding = NamedSharding(mesh, P("data"))
-    return jax.tree.map(lambda x: jax.device_put(x, sharding), batch)
+    count = jax.process_count()
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * count, *x.shape[1:])),
+        local_batch)
+
+
+def _replicate(state, mesh: Mesh):
+    """Every array of `state` on every device of the mesh. Only the arrays: Python leaves (a Dropout's rate, say)
+    must stay Python values."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        put = lambda x: jax.device_put(x, sharding)
+    else:  # every process holds the same full value (same seed, or the same checkpoint)
+        put = lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return jax.tree.map(lambda x: put(x) if eqx.is_array(x) else x, state)
+
+
+def _on_host(state):
+    """The state as evaluation may read it: as is on one host; with several, this process's own copy."""
+    return state if jax.process_count() == 1 else distributed.local(state)
 
 
 class _StopOnInterrupt:
@@ -150,7 +174,8 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
     start, total = 0, loop.steps
     if resume:
         header, state = checkpoint.load(path, state)
-        saved_loop, now = header.get("loop", {}), dataclasses.asdict(loop)
+        # Checkpoints written before `dtype` existed were trained in float32.
+        saved_loop, now = {"dtype": "float32", **header.get("loop", {})}, dataclasses.asdict(loop)
         if (header.get("kind") != task.kind or header.get("task") != json.loads(json.dumps(task.header))
                 or any(saved_loop.get(k) != now[k] for k in _RESUME_MUST_MATCH)):
             raise InputError(f"{path} was trained with other settings; resume with the same options, or use a new "
@@ -159,17 +184,21 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
     elif path.exists():
         raise InputError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or choose a new --workdir")
     workdir.mkdir(parents=True, exist_ok=True)
-    # Replicate the arrays only: Python leaves (a Dropout's rate, say) must stay Python values, not become arrays.
-    replicated = NamedSharding(mesh, P())
-    state = jax.tree.map(lambda x: jax.device_put(x, replicated) if eqx.is_array(x) else x, state)
+    state = _replicate(state, mesh)
+    main = distributed.is_main()  # only process 0 writes files
 
     def save(state, step):
-        checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
-                               "loop": dataclasses.asdict(loop)}, state)
+        if main:
+            checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
+                                   "loop": dataclasses.asdict(loop)}, distributed.local(state))
 
     def log(record):
-        with open(workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if main:
+            with open(workdir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def evaluate(state):
+        return task.evaluate(_on_host(state), workdir) if main else {}
 
     warmup = max(loop.warmup_steps, CALIBRATION_STEPS)
     started = time.perf_counter()
@@ -182,7 +211,7 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
         bar.update(start)
         batches = task.batches(start)
         while total is None or step < total:
-            batch = _shard_batch(next(batches), mesh)
+            batch = _global_batch(next(batches), mesh)
             lr = learning_rate(step, total or 10**9, loop.learning_rate, warmup)
             state, stats, batch_hist = task.step(state, batch, jr.fold_in(key, step + 1), jnp.float32(lr))
             hist = hist + batch_hist
@@ -196,21 +225,26 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
                     jax.block_until_ready(stats)
                     per_step = (time.perf_counter() - calib_start) / (CALIBRATION_STEPS - 10)
                     remaining = loop.time_limit - (time.perf_counter() - started)
-                    total = step + max(0, int(0.95 * remaining / per_step))  # 5% reserve for logging and saving
+                    # 5% reserve for logging and saving; every process follows process 0's schedule.
+                    total = distributed.agree(step + max(0, int(0.95 * remaining / per_step)))
                     bar.length = total
             if step % loop.log_every == 0 or step == total:
-                stats = {k: float(v) for k, v in stats.items()}
+                stats = {k: float(v) for k, v in distributed.local(stats).items()}
                 if not _finite(stats):
                     raise TrainingDiverged(
                         f"the loss became {stats['loss']} by step {step}; the last good checkpoint (if any) is kept "
                         f"at {path}: lower --learning-rate and train again")
-                usage = codebook_stats(hist)["usage"]
+                usage = codebook_stats(distributed.local(hist))["usage"]
                 hist = jnp.zeros_like(hist)
                 log({"step": step, "split": "train", **stats, "usage": usage, "lr": lr,
                      "seconds": round(elapsed, 2)})
                 shown = f"loss {stats['loss']:.4f}  usage {usage:.1%}"
             bar.update(1)
-            if loop.time_limit is not None and elapsed >= loop.time_limit:
+            out_of_time = loop.time_limit is not None and elapsed >= loop.time_limit
+            if jax.process_count() > 1:  # stop together: on process 0's word, checked at logging intervals
+                stopping = step % loop.log_every == 0 and distributed.agree(out_of_time or interrupt.requested)
+                out_of_time, interrupt.requested = stopping and out_of_time, stopping and not out_of_time
+            if out_of_time:
                 echo(f"\ntime limit of {loop.time_limit:g} s reached at step {step}")
                 break
             if interrupt.requested:
@@ -219,11 +253,11 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
             if step % loop.checkpoint_every == 0:
                 save(state, step)
             if step % loop.eval_every == 0 and step != total:
-                log({"step": step, "split": "eval", **task.evaluate(state, workdir)})
+                log({"step": step, "split": "eval", **evaluate(state)})
     save(state, step)
     if interrupt.requested:
         echo(f"saved {path} at step {step}: continue with --resume")
         return state, None
-    evaluation = task.evaluate(state, workdir)
+    evaluation = evaluate(state)
     log({"step": step, "split": "eval", **evaluation})
     return state, evaluation

@@ -23,7 +23,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, vq
+from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.images import grid, save_png
 from fsq_ref.tokenizer import optimizer
@@ -61,20 +61,23 @@ def init_oracle_state(config: OracleConfig, task: dense_tasks.DenseTask, weight_
     return OracleState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)), qstate)
 
 
-def make_oracle_step(task: dense_tasks.DenseTask, weight_decay: float):
+def make_oracle_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = "float32"):
+    """Stage I's jitted step; the networks compute in `dtype` (`precision`), the quantizer and the loss in float32."""
     opt = optimizer(weight_decay)
+    compute = precision.compute_dtype(dtype)
 
     @eqx.filter_jit(donate="all")
     def step(state: OracleState, batch: dict, key, lr):
         q_key, drop_key = jr.split(key)
-        context, target = task.context(batch), task.target(batch)
+        context, target = precision.cast((task.context(batch), task.target(batch)), compute)
 
         def loss_fn(model: Oracle):
+            model = precision.cast_network(model, compute)
             q, qstate = model.encode(target, context, state.qstate, key=q_key, train=True)
             kept = jnp.ones(q.indices.shape, bool)
             if model.code_dropout:
                 kept = code_dropout_mask(drop_key, q.indices.shape[0], q.indices.shape[1])
-            task_loss = task.loss(model.decode(q.codes, kept, context), batch)
+            task_loss = task.loss(model.decode(q.codes, kept, context).astype(jnp.float32), batch)
             return task_loss + q.loss, (task_loss, q, qstate)
 
         (loss, (task_loss, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
@@ -92,16 +95,20 @@ def init_lm_state(config: LMConfig, oracle: OracleConfig, task: dense_tasks.Dens
     return LMState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)))
 
 
-def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float):
+def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = "float32"):
+    """Stage II's jitted step; the transformer computes in `dtype` (`precision`), the loss in float32."""
     opt = optimizer(weight_decay)
+    compute = precision.compute_dtype(dtype)
 
     @eqx.filter_jit(donate="all")
     def step(state: LMState, batch: dict, key, lr):
-        context, code = task.context(batch), batch["code"]
+        context, code = precision.cast(task.context(batch), compute), batch["code"]
         keys = jr.split(key, code.shape[0])
 
         def loss_fn(model: GuidingCodeLM):
+            model = precision.cast(model, compute)
             logits = jax.vmap(lambda c, i, k: model(c, i, key=k))(context, shift_right(code), keys)
+            logits = logits.astype(jnp.float32)
             log_p = jax.nn.log_softmax(logits)
             return -jnp.mean(jnp.take_along_axis(log_p, code[..., None], axis=-1)), logits
 
@@ -186,7 +193,7 @@ class _DenseBatches:
     def __call__(self, start_step: int):
         step = start_step
         while True:
-            idx = data.batch_indices(len(self.ds), self.batch_size, self.seed, step)
+            idx = data.local_rows(data.batch_indices(len(self.ds), self.batch_size, self.seed, step))
             batch = {k: v for k, v in self.ds.batch(idx).items()}
             yield {**batch, **{k: v[idx] for k, v in self.extra.items()}}
             step += 1
@@ -198,7 +205,8 @@ class OracleTask:
     kind = "uvim-oracle"
 
     def __init__(self, config: OracleConfig, task: dense_tasks.DenseTask, train_ds: dense.DenseData,
-                 test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict):
+                 test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
+                 dtype: str = "float32"):
         if train_ds.images.shape[1] != config.image_size:
             raise InputError(f"the data's images are {train_ds.images.shape[1]} px but the preset expects "
                              f"{config.image_size}: pick a matching --preset or --image-size")
@@ -206,7 +214,7 @@ class OracleTask:
         self.header = {"oracle": dataclasses.asdict(config), "dense_task": dense_tasks.to_dict(task),
                        "data": data_header}
         self.codebook_size = config.quantizer.size
-        self.step = make_oracle_step(task, weight_decay)
+        self.step = make_oracle_step(task, weight_decay, dtype)
         self.batches = _DenseBatches(train_ds, batch_size, seed)
 
     def init_state(self, key) -> OracleState:
@@ -224,7 +232,8 @@ class LMTask:
     kind = "uvim-lm"
 
     def __init__(self, config: LMConfig, oracle_dir: str | Path, train_ds: dense.DenseData,
-                 test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict):
+                 test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
+                 dtype: str = "float32"):
         self.oracle, self.qstate, self.task, oracle_header = load_oracle(oracle_dir)
         self.oracle_config = OracleConfig.from_dict(oracle_header["task"]["oracle"])
         if train_ds.images.shape[1] != self.oracle_config.image_size:
@@ -236,7 +245,7 @@ class LMTask:
         self.test_codes = run_over(test_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}
-        self.step = make_lm_step(self.task, weight_decay)
+        self.step = make_lm_step(self.task, weight_decay, dtype)
         self.batches = _DenseBatches(train_ds, batch_size, seed, extra={"code": codes.astype(np.int32)})
 
     def init_state(self, key) -> LMState:

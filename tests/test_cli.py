@@ -5,13 +5,15 @@ import os
 import shutil
 import signal
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fsq_ref import data, features, tokenizer
+from fsq_ref import data, features, maskgit, tokenizer
 from fsq_ref.cli import main
 
 TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
@@ -251,3 +253,22 @@ def test_maskgit_refuses_mismatched_eval_tokens(maskgit_run, tmp_path):
     np.savez(tmp_path / "t.npz", indices=np.zeros((4, 7, 7), np.int32), codebook_size=125, tokenizer="f" * 64)
     assert_bad_input(invoke("train", "maskgit", "--tokens", maskgit_run / "tokens-train.npz", "--eval-tokens",
                             tmp_path / "t.npz", "--steps", 1, "--workdir", tmp_path / "mg"), "another tokenizer")
+
+
+def test_trainers_take_bfloat16_and_resume_only_in_the_same_dtype(maskgit_run, tmp_path):
+    # The fixtures' settings but --dtype bfloat16, so that only the training steps compile anew.
+    runs = {
+        "ae": ["train", "autoencoder", *TINY, "--levels", "5,5,5", "--steps", 2],
+        "mg": ["train", "maskgit", "--tokens", maskgit_run / "tokens-train.npz", "--eval-tokens",
+               maskgit_run / "tokens-test.npz", "--preset", "tiny", "--steps", 2, "--batch-size", 16],
+    }
+    for name, args in runs.items():
+        result = invoke(*args, "--dtype", "bfloat16", "--workdir", tmp_path / name)
+        assert result.exit_code == 0, result.output
+        assert_bad_input(invoke(*args, "--dtype", "float32", "--workdir", tmp_path / name, "--resume"),
+                         "other settings")
+    # The checkpoints hold float32 parameters and optimiser state (loading checks every leaf's dtype).
+    model, _, header = tokenizer.load(tmp_path / "ae")
+    assert header["loop"]["dtype"] == "bfloat16"
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    assert maskgit.load(tmp_path / "mg")[1]["loop"]["dtype"] == "bfloat16"

@@ -2,10 +2,14 @@
 
 import json
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+from fsq_ref import uvim_train
 from test_cli import assert_bad_input, invoke
 
 DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
@@ -92,3 +96,19 @@ def test_bad_input(oracle, lm, tmp_path):
     assert_bad_input(invoke("predict", "--workdir", lm, "--oracle", other, "--out", tmp_path / "p.npz"),
                      "another oracle")
     assert not (tmp_path / "p.npz").exists()
+
+
+def test_both_stages_train_in_bfloat16_and_resume_only_in_it(oracle, tmp_path):
+    # The fixtures' settings but --dtype bfloat16, so that only the training steps compile anew.
+    oracle_args = ["train", "uvim-oracle", "--task", "panoptic", *DATA, "--steps", 2, "--workdir", tmp_path / "oracle"]
+    result = invoke(*oracle_args, "--dtype", "bfloat16")
+    assert result.exit_code == 0, result.output
+    assert_bad_input(invoke(*oracle_args, "--dtype", "float32", "--resume"), "other settings")
+    result = invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps", 2,
+                    "--dtype", "bfloat16", "--workdir", tmp_path / "lm")
+    assert result.exit_code == 0, result.output
+    # Loading checks every leaf against the float32 structure the config describes.
+    lm, _, _, _, header = uvim_train.load_lm(tmp_path / "lm")
+    oracle_header = uvim_train.load_oracle(tmp_path / "oracle")[3]
+    assert header["loop"]["dtype"] == oracle_header["loop"]["dtype"] == "bfloat16"
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(lm, eqx.is_inexact_array)))
