@@ -227,6 +227,11 @@ AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
     "fashion-mnist": AutoencoderConfig(
         image_size=28, channels=1, base_filters=16, channel_multipliers=(1, 1, 2), num_res_blocks=1
     ),
+    # The same network with one halving fewer: 14x14 tokens, four times as many per image (the codebook-size study's
+    # check of whether a longer token sequence lets FSQ use more of a large codebook).
+    "fashion-mnist-14x14": AutoencoderConfig(
+        image_size=28, channels=1, base_filters=16, channel_multipliers=(1, 2), num_res_blocks=1
+    ),
     # MaskGIT's VQGAN (x16 downsampling): 8x8 tokens at 128 px (the paper's codebook-size study) ...
     "imagenet128": AutoencoderConfig(
         image_size=128, channels=3, base_filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2

@@ -20,7 +20,7 @@ from fsq_ref.nets import (
 )
 
 LATENT_DIM = 4  # e.g. FSQ levels [8, 5, 5, 5]
-EXPECTED_TOKEN_GRID = {"tiny": 7, "fashion-mnist": 7, "imagenet128": 8, "imagenet256": 16}
+EXPECTED_TOKEN_GRID = {"tiny": 7, "fashion-mnist": 7, "fashion-mnist-14x14": 14, "imagenet128": 8, "imagenet256": 16}
 
 
 def _images(key, config, batch):

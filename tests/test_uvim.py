@@ -46,6 +46,7 @@ def test_code_dropout_fraction_is_uniform_over_many_examples():
 
 
 @given(code=st.lists(st.integers(0, 4374), min_size=1, max_size=20))
+@settings(deadline=None)
 def test_shift_right_is_the_only_offset(code):
     code = jnp.asarray([code], jnp.int32)
     shifted = np.asarray(uvim.shift_right(code))
