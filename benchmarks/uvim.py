@@ -27,9 +27,9 @@ def fsq_cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
-def seconds(folder: Path) -> float:
+def steps_and_seconds(folder: Path) -> tuple[int, float]:
     records = [json.loads(line) for line in open(folder / "metrics.jsonl")]
-    return max(r.get("seconds", 0.0) for r in records)
+    return max(r["step"] for r in records), max(r.get("seconds", 0.0) for r in records)
 
 
 def pipeline(folder: Path, task: str, quantizer: str, args) -> dict:
@@ -43,22 +43,22 @@ def pipeline(folder: Path, task: str, quantizer: str, args) -> dict:
     if not (lm / "eval-test.json").exists():
         fsq_cli("eval", "--workdir", lm, "--task", task)
     rows = json.loads((lm / "eval-test.json").read_text())
-    return {"rows": rows, "oracle_seconds": seconds(oracle), "lm_seconds": seconds(lm)}
+    return {"rows": rows, "oracle": steps_and_seconds(oracle), "lm": steps_and_seconds(lm)}
 
 
 def table(task: str, results: dict) -> str:
     first = next(iter(results.values()))["rows"]
     metrics = [k for k in first["stage II"] if k not in ("usage", "perplexity", "entropy_bits", "token_accuracy")]
-    head = "| model | " + " | ".join(metrics) + " | codebook usage | stage-II token accuracy | train seconds |"
+    head = "| model | " + " | ".join(metrics) + " | codebook usage | stage-II token accuracy | steps (seconds) |"
     lines = [f"### {task}", "", head, "|---|" + "---:|" * (len(metrics) + 3)]
     cells = lambda r: " | ".join(f"{r[m]:.4g}" for m in metrics)
     lines.append(f"| trivial baseline | {cells(first['trivial baseline'])} | - | - | - |")
     for quantizer, result in results.items():
         name, rows = QUANTIZER_NAMES[quantizer], result["rows"]
         lines.append(f"| oracle (stage I), {name} | {cells(rows['oracle (stage I)'])} | "
-                     f"{rows['oracle (stage I)']['usage']:.1%} | - | {result['oracle_seconds']:.0f} |")
+                     f"{rows['oracle (stage I)']['usage']:.1%} | - | {result['oracle'][0]} ({result['oracle'][1]:.0f}) |")
         lines.append(f"| stage II, {name} | {cells(rows['stage II'])} | {rows['stage II']['usage']:.1%} | "
-                     f"{rows['stage II']['token_accuracy']:.1%} | {result['lm_seconds']:.0f} |")
+                     f"{rows['stage II']['token_accuracy']:.1%} | {result['lm'][0]} ({result['lm'][1]:.0f}) |")
     return "\n".join(lines)
 
 

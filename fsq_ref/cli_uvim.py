@@ -10,7 +10,7 @@ import click
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, dense, dense_tasks, fsq, train, uvim, uvim_train
+from fsq_ref import checkpoint, dense, dense_tasks, fsq, metrics, train, uvim, uvim_train
 from fsq_ref.cli_options import (int_list, print_metrics, run_training, save_npz, with_options,
                                  with_training_options)
 from fsq_ref.errors import InputError
@@ -182,6 +182,9 @@ def evaluate(workdir, task_name, data_spec, data_dir, split, limit) -> dict:
                             "token_accuracy": float(np.mean(codes == oracle_codes))}
     rows["oracle (stage I)"] = {**uvim_train.score(task, ds, oracle_preds),
                                 **uvim_train.code_usage(oracle_codes, size)}
+    if isinstance(oracle.quantizer, fsq.FSQ):  # where unused codes come from (see `metrics.channel_stats`)
+        channels = metrics.channel_stats(np.bincount(oracle_codes.ravel(), minlength=size), oracle.quantizer.levels)
+        rows["oracle (stage I)"].update({k: channels[k] for k in ("total_correlation_bits", "independent_usage")})
     baseline = {}
     for start in range(0, len(ds), uvim_train.EVAL_BATCH):
         part = task.baseline(ds.batch(np.arange(start, min(start + uvim_train.EVAL_BATCH, len(ds)))))
