@@ -1,6 +1,6 @@
 """UViM at small scale, the paper's Table 2 layout: per task, stage I (oracle) and stage II with an FSQ guiding code,
-stage II with UViM's VQ (codebook splitting), and, for depth as in the paper, VQ without splitting; the trivial
-baseline; the codebook usage of every model's codes on the test split.
+stage II with UViM's VQ (codebook splitting) and with VQ without splitting (the paper shows it for depth); the
+trivial baseline; the codebook usage of every model's codes on the test split.
 
 Each pipeline is the quick configuration of the CLI: `fsq train uvim-oracle` then `fsq train uvim-lm`, each for a
 fixed number of steps of batch 32 (equal budgets across quantizers), then `fsq eval`. Finished stages in WORKDIR are
@@ -15,11 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-PIPELINES = {  # task -> quantizers, as in the paper's table
-    "depth": ("fsq", "vq-split", "vq"),
-    "colorization": ("fsq", "vq-split"),
-    "panoptic": ("fsq", "vq-split"),
-}
+QUANTIZERS = ("fsq", "vq-split", "vq")  # the paper's FSQ and UViM's VQ, with and without splitting
 QUANTIZER_NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ 4096, splitting", "vq": "VQ 4096, no splitting"}
 
 
@@ -68,12 +64,12 @@ def main():
     parser.add_argument("--data", default="scenes")
     parser.add_argument("--oracle-steps", type=int, default=1000)
     parser.add_argument("--lm-steps", type=int, default=1200)
-    parser.add_argument("--tasks", default=",".join(PIPELINES))
+    parser.add_argument("--tasks", default="depth,colorization,panoptic")
     args = parser.parse_args()
     workdir = Path(args.workdir)
     everything = {}
     for task in args.tasks.split(","):
-        everything[task] = {q: pipeline(workdir / f"{task}-{q}", task, q, args) for q in PIPELINES[task]}
+        everything[task] = {q: pipeline(workdir / f"{task}-{q}", task, q, args) for q in QUANTIZERS}
         print(table(task, everything[task]) + "\n", flush=True)
     (workdir / "results.json").write_text(json.dumps(everything, indent=2))
     print(f"command: python benchmarks/uvim.py --data {args.data} --oracle-steps {args.oracle_steps} "
