@@ -194,8 +194,7 @@ class _DenseBatches:
         step = start_step
         while True:
             idx = data.local_rows(data.batch_indices(len(self.ds), self.batch_size, self.seed, step))
-            batch = {k: v for k, v in self.ds.batch(idx).items()}
-            yield {**batch, **{k: v[idx] for k, v in self.extra.items()}}
+            yield {**self.ds.batch(idx), **{k: v[idx] for k, v in self.extra.items()}}
             step += 1
 
 
