@@ -1,4 +1,4 @@
-"""Image datasets for training and evaluating tokenizers, in plain numpy.
+"""Image datasets for training and evaluating tokenizers, in numpy (JAX only tells which process is loading).
 
 The paper trains its tokenizers on ImageNet-scale data; a reference implementation has to run on a laptop, so this
 module offers four sources behind one small interface (`load`): Fashion-MNIST from its IDX files, a procedural set
