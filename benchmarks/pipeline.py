@@ -22,7 +22,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import maskgit, tokenizer
+from fsq_ref import maskgit, maskgit_train, tokenizer
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,6,5] (240 codes)", ["--quantizer", "fsq", "--levels", "8,6,5"]),
@@ -56,7 +56,7 @@ def pipeline(folder: Path, options: list[str], args) -> dict:
 
 def generation_speed(folder: Path, batch: int = 256, repeats: int = 5) -> float:
     """Images per second: MaskGIT sampling (12 steps) plus decoding, one batch, median after a warm-up."""
-    model, _ = maskgit.load(folder / "maskgit")
+    model, _ = maskgit_train.load(folder / "maskgit")
     ae, qstate, _ = tokenizer.load(folder / "tokenizer")
     labels = np.arange(batch, dtype=np.int32) % model.config.num_classes
 

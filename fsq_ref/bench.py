@@ -14,7 +14,6 @@ Every figure is a median over repeats after a warm-up call (which compiles). Tim
 waited for only once per repeat.
 """
 
-import itertools
 import platform
 import statistics
 import sys
@@ -26,8 +25,21 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import data, dense, dense_tasks, fsq, maskgit, tokenizer, uvim, uvim_train, vq
+from fsq_ref import (
+    data,
+    dense,
+    dense_tasks,
+    fsq,
+    maskgit,
+    maskgit_train,
+    presets,
+    tokenizer,
+    uvim,
+    uvim_train,
+    vq,
+)
 from fsq_ref.errors import InputError
+from fsq_ref.quantizers import QuantizerConfig
 
 AREAS = ("quantizers", "tokenizer", "maskgit", "uvim")
 
@@ -147,7 +159,7 @@ def _images(n: int = 2048) -> data.ArrayDataset:
 
 def tokenizer_area(batch_size: int = 16) -> list[str]:
     ds = _images()
-    config = tokenizer.TokenizerConfig(tokenizer.preset("fashion-mnist"), tokenizer.QuantizerConfig("fsq"))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "fashion-mnist"), QuantizerConfig("fsq"))
     task = tokenizer.AutoencoderTask(config, ds, ds, batch_size=batch_size, seed=0, weight_decay=1e-4,
                                      data_header={})
     return TRAINING_HEAD + [_training_row("tokenizer, FSQ [8,6,5], fashion-mnist preset", "images", 1, task,
@@ -158,9 +170,9 @@ def maskgit_area(batch_size: int = 64, generate_batch: int = 256, repeats: int =
     grid, n = (7, 7), 4096
     tokens = np.asarray(jr.randint(jr.key(0), (n, *grid), 0, 240), np.int32)
     labels = np.arange(n, dtype=np.int32) % 10
-    config = maskgit.preset("fashion-mnist", codebook_size=240, num_classes=10, grid=grid)
-    task = maskgit.MaskGITTask(config, tokens, labels, eval_tokens=tokens[:64], eval_labels=labels[:64],
-                               batch_size=batch_size, seed=0, weight_decay=maskgit.WEIGHT_DECAY, header={})
+    config = presets.maskgit("fashion-mnist", codebook_size=240, num_classes=10, grid=grid)
+    task = maskgit_train.MaskGITTask(config, tokens, labels, eval_tokens=tokens[:64], eval_labels=labels[:64],
+                                     batch_size=batch_size, seed=0, weight_decay=maskgit_train.WEIGHT_DECAY, header={})
     row = _training_row("MaskGIT, fashion-mnist preset, 7x7 tokens", "tokens", 49, task, batch_size)
     model = task.init_state(jr.key(0)).model
     masked = jnp.full((generate_batch, 49), config.mask_token, jnp.int32)
@@ -180,18 +192,17 @@ class _LMStepTask:
         self.step = uvim_train.make_lm_step(task, 1e-4)
 
     def init_state(self, key):
-        return uvim_train.init_lm_state(uvim.lm_preset("quick"), self.oracle, self.task, 1e-4, key=key)
+        return uvim_train.init_lm_state(presets.pick(presets.LM, "quick"), self.oracle, self.task, 1e-4, key=key)
 
     def batches(self, start_step: int):
-        for step in itertools.count(start_step):
-            idx = data.batch_indices(len(self.ds), self.batch_size, 0, step)
-            yield {"image": self.ds.images[idx], "code": self.codes[idx]}
+        return data.step_batches(len(self.ds), self.batch_size, 0, start_step,
+                                 lambda idx: {"image": self.ds.images[idx], "code": self.codes[idx]})
 
 
 def uvim_area(batch_size: int = 32, decode_batch: int = 256, repeats: int = 3) -> list[str]:
     train_ds = dense.load("scenes:1024:256", "train")
     task = dense_tasks.make("depth", train_ds)
-    oracle = uvim.oracle_preset("quick")
+    oracle = presets.pick(presets.ORACLE, "quick")
     oracle_task = uvim_train.OracleTask(oracle, task, train_ds, train_ds, batch_size=batch_size, seed=0,
                                         weight_decay=1e-4, data_header={})
     row = _training_row("UViM oracle (stage I), depth, quick preset", "images", 1, oracle_task, batch_size)

@@ -1,4 +1,4 @@
-"""Checkpoints: one file, a JSON header followed by the arrays, written atomically.
+"""Checkpoints: one file, a JSON header followed by the arrays, written atomically; and run folders that hold one.
 
 Layout: the magic line `fsq-ref checkpoint 1\\n`, one line of JSON (the header: what kind of model, its config, the
 training step, the SHA-256 of the payload, anything else the caller records), then the payload, the bytes of
@@ -8,6 +8,9 @@ pytree of the right structure from the config (a "like" tree) and fills its leav
 A checkpoint is written to a temporary file in the same folder, flushed to disk and renamed over the old one, so a
 crash or Ctrl-C at any moment leaves either the old or the new checkpoint, never half of one. The checksum catches a
 file that was truncated or damaged afterwards.
+
+A run folder (`fsq train ...`'s --workdir) holds its checkpoint as `CHECKPOINT`; the header's "kind" says which
+trainer wrote it. `read_run` and `load_run` open a run folder of any kind and refuse one of another kind in one line.
 """
 
 import hashlib
@@ -16,12 +19,18 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import equinox as eqx
+import jax.random as jr
 
 from fsq_ref.errors import InputError
 
 MAGIC = b"fsq-ref checkpoint 1\n"
+CHECKPOINT = "checkpoint.fsq"  # the checkpoint's name in a run folder
+# The kinds of run folder, and the command that makes each.
+COMMANDS = {"autoencoder": "fsq train autoencoder", "maskgit": "fsq train maskgit",
+            "uvim-oracle": "fsq train uvim-oracle", "uvim-lm": "fsq train uvim-lm"}
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:
@@ -85,3 +94,21 @@ def _split(path, *, check: bool) -> tuple[dict, bytes]:
     if check and hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise InputError(f"checkpoint {path} is truncated or corrupt (checksum mismatch): train again or restore a copy")
     return header, payload
+
+
+def read_run(workdir: str | os.PathLike, kind: str | None = None) -> dict:
+    """The checkpoint header of the run folder `workdir`, refusing a run of another `kind` (when given)."""
+    path = Path(workdir) / CHECKPOINT
+    header = read_header(path)
+    if kind is not None and header.get("kind") != kind:
+        raise InputError(f"{workdir} holds a run of kind '{header.get('kind')}', not '{kind}': point at the folder "
+                         f"of `{COMMANDS.get(kind, kind)}`")
+    return header
+
+
+def load_run(workdir: str | os.PathLike, kind: str, init: Callable[[dict, object], object]) -> tuple[dict, object]:
+    """(header, state) of the run folder `workdir` of `kind`; `init(header, key)` builds a state of the saved
+    structure (it is only traced, with `equinox.filter_eval_shape`: no initialisation is computed)."""
+    header = read_run(workdir, kind)
+    like = eqx.filter_eval_shape(init, header, jr.key(0))
+    return header, load(Path(workdir) / CHECKPOINT, like)[1]

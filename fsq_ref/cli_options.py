@@ -1,5 +1,5 @@
 """Options and helpers shared by the `fsq` commands (`cli`, `cli_uvim`): option groups, list parsing, atomic .npz
-output and running a trainer."""
+output, running a trainer and printing its metrics."""
 
 import io
 from pathlib import Path
@@ -9,6 +9,15 @@ import numpy as np
 
 from fsq_ref import checkpoint, precision, train
 from fsq_ref.errors import InputError
+
+
+def choice_list(text: str, option: str, choices) -> tuple[str, ...]:
+    """Comma-separated values of an option that takes several of a fixed set of `choices`."""
+    chosen = tuple(part.strip() for part in text.split(","))
+    unknown = [c for c in chosen if c not in choices]
+    if unknown:
+        raise InputError(f"unknown {option} {', '.join(unknown)}: choose from {', '.join(choices)}")
+    return chosen
 
 
 def int_list(text: str, option: str, example: str) -> list[int]:
@@ -24,14 +33,6 @@ def save_npz(path: str | Path, **arrays) -> None:
     checkpoint.write_atomic(path, buffer.getvalue())
 
 
-data_options = [
-    click.option("--data", "data_spec", default="fashion-mnist", show_default=True,
-                 help="fashion-mnist, procedural[:N], a .npz file, or a folder of images"),
-    click.option("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files (else $FSQ_DATA_DIR, "
-                 "then /usr/share/datasets/fashion-mnist)"),
-]
-
-
 def with_options(options):
     """A decorator that applies click options in the order listed."""
 
@@ -43,7 +44,16 @@ def with_options(options):
     return apply
 
 
-with_data_options = with_options(data_options)
+def with_data_options(*, default: str | None, help_default: str | None = None):
+    """--data and --data-dir; `default` None means "the data the model was trained on" (`help_default` says so)."""
+    shown = f" (default: {help_default})" if help_default else ""
+    return with_options([
+        click.option("--data", "data_spec", default=default, show_default=default is not None,
+                     help="fashion-mnist, procedural[:N], a .npz file, or a folder of images" + shown),
+        click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+                     help="folder with the Fashion-MNIST IDX files (else $FSQ_DATA_DIR, then "
+                          "/usr/share/datasets/fashion-mnist)"),
+    ])
 
 
 def with_training_options(*, batch_size: int, learning_rate: float, batch_help: str | None = None):
@@ -66,11 +76,11 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
 
 def run_training(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
     """Run a task and report; exit 130 after Ctrl-C (the state is saved)."""
-    _, result = train.run(task, workdir, loop, resume=resume)
+    _, result = train.run(task, workdir, loop, resume=resume, echo=click.echo)
     if result is None:
         raise SystemExit(130)
     print_metrics(result)
-    click.echo(f"checkpoint: {Path(workdir) / train.CHECKPOINT}")
+    click.echo(f"checkpoint: {Path(workdir) / checkpoint.CHECKPOINT}")
 
 
 def print_metrics(result: dict) -> None:

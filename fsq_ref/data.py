@@ -16,15 +16,15 @@ from __future__ import annotations
 import gzip
 import itertools
 import os
-import zipfile
 import zlib
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol, TypeVar
 
 import jax
 import numpy as np
 from PIL import Image
 
+from fsq_ref import image_files
 from fsq_ref.errors import InputError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's `dataset-fashion-mnist` puts the files
@@ -33,8 +33,8 @@ FASHION_MNIST_CLASSES = (
 )
 _IDX_FILES = {"train": "train", "test": "t10k"}  # split -> file prefix
 _PROCEDURAL_SIZES = {"train": 2048, "test": 512}
-_HELD_OUT_SPLITS = ("train", "test", "all")  # for .npz files and image folders
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+SPLITS = ("train", "test", "all")  # "all": both splits (built-in data), or every image (a user's file or folder)
+T = TypeVar("T")
 
 
 class Dataset(Protocol):
@@ -57,6 +57,7 @@ class ArrayDataset:
                  image_size: int | None = None, channels: int | None = None):
         _, h, w, c = images.shape
         self.images, self.labels, self.num_classes = images, labels, num_classes
+        self.native_shape = (h, w, c)  # as stored, before `get` converts to `image_shape`
         self.image_shape = (image_size or h, image_size or w, channels or c)
 
     def __len__(self) -> int:
@@ -70,32 +71,9 @@ class ArrayDataset:
         # Converting only the batch keeps `load` instant even when every Fashion-MNIST image must be resized.
         out = np.empty((len(images), *self.image_shape), np.uint8)
         for i, image in enumerate(images):
-            out[i] = _fit(Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image), *self.image_shape[1:])
+            picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+            out[i] = image_files.fit(picture, *self.image_shape[1:])
         return out, labels
-
-
-class ImageFolder:
-    """A folder of PNG/JPEG files, decoded lazily in `get` so that a folder larger than memory still works."""
-
-    def __init__(self, paths: list[Path], labels: np.ndarray | None, class_names: tuple[str, ...] | None,
-                 image_size: int, channels: int):
-        self.paths, self.labels, self.class_names = paths, labels, class_names
-        self.num_classes = None if class_names is None else len(class_names)
-        self.image_shape = (image_size, image_size, channels)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = np.empty((len(idx), *self.image_shape), np.uint8)
-        for i, j in enumerate(idx):
-            path = self.paths[j]
-            try:
-                with Image.open(path) as image:
-                    out[i] = _fit(image, *self.image_shape[1:])
-            except OSError as e:  # also PIL's UnidentifiedImageError
-                raise InputError(f"cannot read image {path} ({e}): delete or replace the file") from None
-        return out, None if self.labels is None else self.labels[idx]
 
 
 def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_size: int | None = None,
@@ -106,8 +84,9 @@ def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_
       spec: "fashion-mnist", "procedural" or "procedural:N" (N examples in each split), a path to an .npz file
         holding `images` (uint8 [N, H, W] or [N, H, W, C]) and optionally `labels` (int [N]), or a folder of images
         (one subfolder per class, or no subfolders for unlabelled data).
-      split: "train" or "test"; .npz files and folders also take "all", and hold out a seeded 10% as "test".
-      data_dir: where to look for the Fashion-MNIST IDX files first (then $FSQ_DATA_DIR, then FASHION_MNIST_DIR).
+      split: "train", "test" or "all". Fashion-MNIST and procedural data have their own train and test splits, "all"
+        being both; for .npz files and folders see `image_files`.
+      data_dir: the folder of the Fashion-MNIST IDX files; when None, $FSQ_DATA_DIR, then FASHION_MNIST_DIR.
       image_size: side of the square images to produce; native size when None (64 for image folders).
       channels: 1 (grayscale) or 3 (RGB); native when None (3 for image folders).
       seed: seeds the procedural images and the held-out split.
@@ -121,14 +100,21 @@ def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_
         raise InputError(f"channels must be 1 (grayscale) or 3 (RGB); got {channels}")
     if seed < 0:
         raise InputError(f"seed must be >= 0; got {seed}")
+    if data_dir is not None and not os.path.isdir(data_dir):
+        raise InputError(f"--data-dir {data_dir} is not a folder: give the folder that holds the Fashion-MNIST IDX "
+                         "files, or leave it out")
+    check_split(split, SPLITS)
     if spec == "fashion-mnist":
-        return _fashion_mnist(_check_split(split, tuple(_IDX_FILES)), data_dir, image_size, channels)
+        parts = [_fashion_mnist(s, data_dir) for s in _parts(split)]
+        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                            len(FASHION_MNIST_CLASSES), image_size, channels)
     if spec == "procedural" or spec.startswith("procedural:"):
-        return _procedural(spec, _check_split(split, tuple(_PROCEDURAL_SIZES)), seed, image_size or 28, channels or 1)
+        parts = [_procedural(spec, s, seed, image_size or 28, channels or 1) for s in _parts(split)]
+        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), 10)
     if spec.endswith(".npz"):
-        return _npz(spec, _check_split(split, _HELD_OUT_SPLITS), seed, image_size, channels)
+        return ArrayDataset(*image_files.npz(spec, split, seed), image_size, channels)
     if os.path.isdir(spec):
-        return _folder(spec, _check_split(split, _HELD_OUT_SPLITS), seed, image_size or 64, channels or 3)
+        return image_files.folder(spec, split, seed, image_size or 64, channels or 3)
     raise InputError(f"unknown dataset {spec!r}: use 'fashion-mnist', 'procedural', 'procedural:N', "
                      "a path to an .npz file, or an existing folder of PNG/JPEG images")
 
@@ -157,49 +143,63 @@ def local_rows(idx: np.ndarray) -> np.ndarray:
     return idx[jax.process_index() * rows:(jax.process_index() + 1) * rows]
 
 
+def step_batches(n: int, batch_size: int, seed: int, start_step: int,
+                 fetch: Callable[[np.ndarray], T]) -> Iterator[T]:
+    """`fetch(rows)` for the training batches of step = start_step, start_step + 1, ... forever, `rows` being this
+    process's rows (`local_rows`) of the example indices of that step (`batch_indices`). Every trainer draws its
+    batches this way, whatever its data: images, token grids, dense-prediction pairs."""
+    for step in itertools.count(start_step):
+        yield fetch(local_rows(batch_indices(n, batch_size, seed, step)))
+
+
 def iterate(ds: Dataset, batch_size: int, *, seed: int,
             start_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """This process's rows (`local_rows`) of the training batches for step = start_step, start_step + 1, ...
-    forever (see `batch_indices`)."""
-    for step in itertools.count(start_step):
-        yield ds.get(local_rows(batch_indices(len(ds), batch_size, seed, step)))
+    """The training batches of `ds` from `start_step` on (see `step_batches`)."""
+    return step_batches(len(ds), batch_size, seed, start_step, ds.get)
 
 
-def eval_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-    """Every example once, in order; the last batch holds the remainder and may be smaller."""
+def pad_to(batch: np.ndarray, size: int) -> np.ndarray:
+    """`batch` with its last row repeated up to `size` rows.
+
+    The one padding convention of every batched pass (evaluation, encoding, decoding, generation): the last batch of a
+    pass is padded to the common size, so the pass compiles once, and callers drop the padded rows of the result.
+    Repeating a real row, rather than adding zeros, keeps every input valid for the model (a label, a token, an
+    image it could be given).
+    """
+    return np.concatenate([batch, np.repeat(batch[-1:], size - len(batch), axis=0)])
+
+
+def pass_indices(n: int, batch_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """(indices [B], count) covering range(n) once, in order: B = min(batch_size, n), the last batch padded (`pad_to`);
+    `count` says how many of its rows are real."""
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1; got {batch_size}")
-    for start in range(0, len(ds), batch_size):
-        yield ds.get(np.arange(start, min(start + batch_size, len(ds))))
+    batch_size = min(batch_size, n)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start, min(start + batch_size, n))
+        yield pad_to(idx, batch_size), len(idx)
 
 
-def pad_to(batch: np.ndarray, size: int, fill=0) -> np.ndarray:
-    """`batch` with `fill` rows appended up to `size` rows: padding the last batch of a pass to the common size means
-    one jit compilation for the whole pass; callers drop the padded rows of the result."""
-    return np.concatenate([batch, np.full((size - len(batch), *batch.shape[1:]), fill, batch.dtype)])
+def eval_batches(ds: Dataset, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray | None, int]]:
+    """(images, labels or None, count) over every example once, in order, in padded batches (`pass_indices`)."""
+    for idx, count in pass_indices(len(ds), batch_size):
+        yield *ds.get(idx), count
 
 
-def _check_split(split: str, valid: tuple[str, ...]) -> str:
+def check_split(split: str, valid: tuple[str, ...] = SPLITS) -> str:
     if split not in valid:
         raise InputError(f"unknown split {split!r}: use one of {', '.join(valid)}")
     return split
 
 
-def _fit(image: Image.Image, size: int, channels: int) -> np.ndarray:
-    """Scales the shorter side to `size`, crops the centre square, and converts to `channels`: uint8 [H, W, C]."""
-    image = image.convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    if min(w, h) != size or w != h:
-        scale = size / min(w, h)
-        w, h = max(size, round(w * scale)), max(size, round(h * scale))  # max(): rounding must not undershoot
-        image = image.resize((w, h), Image.Resampling.BICUBIC)
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    return np.asarray(image, np.uint8).reshape(size, size, channels)
+def _parts(split: str) -> tuple[str, ...]:
+    """The stored splits that make up `split` ("all" is "train" then "test")."""
+    return ("train", "test") if split == "all" else (split,)
 
 
-def _fashion_mnist(split: str, data_dir: str | None, image_size: int | None, channels: int | None) -> ArrayDataset:
-    candidates = [d for d in (data_dir, os.environ.get("FSQ_DATA_DIR"), FASHION_MNIST_DIR) if d]
+def _fashion_mnist(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images [N, 28, 28, 1] and int32 labels of a stored split: from `data_dir` alone when it is given."""
+    candidates = [data_dir] if data_dir else [d for d in (os.environ.get("FSQ_DATA_DIR"), FASHION_MNIST_DIR) if d]
     prefix = _IDX_FILES[split]
     for directory in candidates:
         found = [_find_idx(directory, f"{prefix}-{kind}") for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
@@ -208,8 +208,7 @@ def _fashion_mnist(split: str, data_dir: str | None, image_size: int | None, cha
             if labels.shape != images.shape[:1] or labels.max() >= len(FASHION_MNIST_CLASSES):
                 raise InputError(f"Fashion-MNIST files in {directory} do not match ({len(images)} images, "
                                  f"{len(labels)} labels): download the {split} files again")
-            return ArrayDataset(images[..., None], labels.astype(np.int32), len(FASHION_MNIST_CLASSES),
-                                image_size, channels)
+            return images[..., None], labels.astype(np.int32)
     raise InputError(f"Fashion-MNIST not found in {', '.join(candidates)}: install it with "
                      "`apt-get install -y dataset-fashion-mnist`, or pass --data-dir DIR / set FSQ_DATA_DIR to a "
                      f"folder holding {prefix}-images-idx3-ubyte.gz and {prefix}-labels-idx1-ubyte.gz")
@@ -239,7 +238,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
 
 
-def _procedural(spec: str, split: str, seed: int, size: int, channels: int) -> ArrayDataset:
+def _procedural(spec: str, split: str, seed: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """Ten classes of simple shapes and stripes with jittered position, size, phase, colour and noise."""
     count = spec.removeprefix("procedural").removeprefix(":")
     if count and not (count.isdigit() and int(count) >= 1):
@@ -260,7 +259,7 @@ def _procedural(spec: str, split: str, seed: int, size: int, channels: int) -> A
     background = rng.uniform(0, 60, (n, 1, 1, channels))
     foreground = rng.uniform(150, 255, (n, 1, 1, channels))
     images = np.where(mask[..., None], foreground, background) + rng.normal(0, 8, (n, size, size, channels))
-    return ArrayDataset(np.clip(np.rint(images), 0, 255).astype(np.uint8), labels, 10)
+    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
 
 
 def _pattern(c: int, u: np.ndarray, v: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarray,
@@ -286,54 +285,3 @@ def _pattern(c: int, u: np.ndarray, v: np.ndarray, dx: np.ndarray, dy: np.ndarra
         case _: return (dy < r) & (abs(dx) < (dy + r) / 2)  # triangle pointing up
 
 
-def _held_out(n: int, split: str, seed: int, source: str) -> np.ndarray:
-    """Sorted indices of `split`: a seeded 10% of the examples is "test", the rest "train"."""
-    if split == "all":
-        return np.arange(n)
-    order = np.random.default_rng(seed).permutation(n)
-    chosen = np.sort(order[:n // 10] if split == "test" else order[n // 10:])
-    if len(chosen) == 0:
-        raise InputError(f"{source} has only {n} examples, too few to hold out 10% as 'test': use split 'all'")
-    return chosen
-
-
-def _npz(path: str, split: str, seed: int, image_size: int | None, channels: int | None) -> ArrayDataset:
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {name: f[name] for name in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path} ({e}): give an .npz file written by numpy.savez") from None
-    images, labels = arrays.get("images"), arrays.get("labels")
-    if images is None:
-        raise InputError(f"{path} has no array 'images' (it has {sorted(arrays)}): save the images under that name")
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
-        raise InputError(f"{path}: 'images' must be uint8 [N, H, W] or [N, H, W, C] with N >= 1 and C 1 or 3; got "
-                         f"{images.dtype} {list(images.shape)}: convert with images.astype(np.uint8)")
-    num_classes = None
-    if labels is not None:
-        if labels.shape != images.shape[:1] or labels.dtype.kind not in "iu" or labels.min() < 0:
-            raise InputError(f"{path}: 'labels' must be non-negative integers of shape [{len(images)}]; got "
-                             f"{labels.dtype} {list(labels.shape)}")
-        labels, num_classes = labels.astype(np.int32), int(labels.max()) + 1
-    keep = _held_out(len(images), split, seed, path)
-    return ArrayDataset(images[keep], None if labels is None else labels[keep], num_classes, image_size, channels)
-
-
-def _folder(root: str, split: str, seed: int, image_size: int, channels: int) -> ImageFolder:
-    paths = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
-    if not paths:
-        raise InputError(f"no .png/.jpg/.jpeg images under {root}: point at a folder of images")
-    tops = [p.relative_to(root).parts for p in paths]
-    labels, class_names = None, None
-    if any(len(parts) > 1 for parts in tops):  # subfolders present: each one is a class
-        loose = next((p for p, parts in zip(paths, tops) if len(parts) == 1), None)
-        if loose is not None:
-            raise InputError(f"{loose} is outside the class subfolders of {root}: move it into one, or keep all "
-                             "images at the top level for unlabelled data")
-        class_names = tuple(sorted({parts[0] for parts in tops}))
-        labels = np.array([class_names.index(parts[0]) for parts in tops], np.int32)
-    keep = _held_out(len(paths), split, seed, root)
-    return ImageFolder([paths[i] for i in keep], None if labels is None else labels[keep], class_names,
-                       image_size, channels)

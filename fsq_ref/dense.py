@@ -31,7 +31,7 @@ from fsq_ref import data, scenes
 from fsq_ref.errors import InputError
 
 TASKS = {"depth": ("depth",), "colorization": (), "panoptic": ("semantic", "instance")}  # task -> label maps it needs
-_SPLITS = ("train", "test")
+SPLITS = ("train", "test")
 _DEFAULT_SIZES = {"train": 8192, "test": 4096}  # ":N" and ":N:M" set them
 
 GARMENT_THRESHOLD = 26  # about 0.1 * 255; see `_garment_canvases`
@@ -130,8 +130,8 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
     Returns:
       A `DenseData`. Its instance ids follow the convention of the module docstring.
     """
-    if split not in _SPLITS:
-        raise InputError(f"unknown split {split!r}: use one of {', '.join(_SPLITS)}")
+    if split not in SPLITS:
+        raise InputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if size < 1 or seed < 0:
         raise InputError(f"size must be >= 1 and seed >= 0; got size={size}, seed={seed}")
     name, *counts = spec.split(":")
@@ -139,7 +139,7 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
         if len(counts) > 2 or not all(c.isdigit() and int(c) >= 1 for c in counts):
             raise InputError(f"bad dataset {spec!r}: write '{name}', '{name}:N' or '{name}:N:M' (N training and M "
                              "test examples, positive integers)")
-        n = dict(_DEFAULT_SIZES, **dict(zip(_SPLITS, map(int, counts))))[split]
+        n = dict(_DEFAULT_SIZES, **dict(zip(SPLITS, map(int, counts))))[split]
         if name == "scenes":
             return _scenes(n, split, seed, size)
         return _garment_canvases(n, split, seed, size, data_dir)
@@ -152,7 +152,7 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
 # --- Procedural scenes ---------------------------------------------------------------------------------------------
 
 def _scenes(n: int, split: str, seed: int, size: int) -> DenseData:
-    images, depth, semantic, objects = scenes.generate(n, seed=seed, stream=_SPLITS.index(split), size=size)
+    images, depth, semantic, objects = scenes.generate(n, seed=seed, stream=SPLITS.index(split), size=size)
     return DenseData(images, depth, semantic, canonical_instances(semantic, objects, scenes.THINGS), scenes.CLASSES,
                      scenes.THINGS, scenes.MAX_OBJECTS, scenes.MAX_DEPTH)
 
@@ -166,7 +166,7 @@ def _garment_canvases(n: int, split: str, seed: int, size: int, data_dir: str | 
     full scale a pixel cannot be told from the black canvas, so labelling it a garment would make the labels
     unpredictable from the image. Fewer than 10% of the original garment pixels are that dark."""
     source = data.load("fashion-mnist", split, data_dir=data_dir)  # raises InputError, with the install hint
-    rng = np.random.default_rng([seed, _SPLITS.index(split)])
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
     count = rng.integers(2, 4, n)
     pictures, labels = source.get(rng.integers(0, len(source), 3 * n))
     side = max(1, round(size / 2))
@@ -285,5 +285,5 @@ def _classes(root: Path) -> tuple[tuple[str, ...], tuple[int, ...]]:
         if any(not 0 <= t < len(names) for t in things):
             raise InputError(f"{path}: 'things' must be indices into 'names' (0..{len(names) - 1}); got {list(things)}")
         return names, things
-    top = max(int(np.asarray(_open(p)).max()) for s in _SPLITS for p in (root / s / "semantic").glob("*.png"))
+    top = max(int(np.asarray(_open(p)).max()) for s in SPLITS for p in (root / s / "semantic").glob("*.png"))
     return tuple(f"class{c}" for c in range(top + 1)), tuple(range(1, top + 1))

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from fsq_ref import dense, features, metrics
+from fsq_ref import dense, metrics
 from fsq_ref.errors import InputError
 from fsq_ref.panoptic import PanopticQuality
 
@@ -201,7 +201,7 @@ class _ColourMetric:
         self.real.append(chroma_histograms(real))
 
     def result(self):
-        fd = features.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake))
+        fd = metrics.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake))
         # The histograms are fractions; x100 puts the distance on a readable scale.
         return {"psnr": metrics.psnr(self.sq / self.values), "colour_fd": 100.0 * fd}
 

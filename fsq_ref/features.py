@@ -5,11 +5,10 @@ network (Section 4.1). Those weights cannot be downloaded here and would not sui
 trains a small convolutional classifier on the dataset itself (once; it is cached, and its test accuracy is reported
 so a reader can judge the features) and measures, in its penultimate layer:
 
-- the Frechet distance between Gaussians fitted to real and generated features (the formula of FID, Heusel et al.
-  2017): ||mu_r - mu_g||^2 + tr(S_r) + tr(S_g) - 2 tr((S_r S_g)^(1/2));
-- improved precision and recall (Kynkaanniemi et al. 2019): the fraction of generated samples that fall inside the
-  manifold of the real ones (fidelity), and of real samples inside the manifold of the generated ones (coverage),
-  each manifold being the union of balls reaching every point's k-th nearest neighbour;
+- the Frechet distance between Gaussians fitted to real and generated features (`metrics.frechet_distance`, the
+  formula of FID);
+- improved precision and recall (`metrics.precision_recall`): how many generated samples fall inside the manifold of
+  the real ones (fidelity), and how many real samples inside the manifold of the generated ones (coverage);
 - the classifier's accuracy on the labels that conditioned the generation (does a "Trouser" sample look like one?).
 
 Numbers from this classifier are comparable with each other, not with published FIDs.
@@ -22,7 +21,6 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import click
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -31,9 +29,9 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
-from fsq_ref import checkpoint, data
+from fsq_ref import checkpoint, data, metrics, progress, tokenizer, train
 from fsq_ref.errors import InputError
-from fsq_ref.tokenizer import to_unit
+from fsq_ref.images import to_unit
 
 VERSION = 1  # part of the cache file name: bump it whenever the network or its training changes
 TRAIN_STEPS = 3000  # about 3 epochs of Fashion-MNIST at batch 64: ~91% test accuracy in about a minute on 2 cores
@@ -42,8 +40,6 @@ LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-4
 SEED = 0
 FEATURES = 128  # F, the size of the penultimate layer in which the metrics are measured
-# Pairwise distances are computed a few million at a time: all 10^8 of two 10^4-image sets would take 800 MB.
-CHUNK_ELEMENTS = 2**22
 
 
 class Classifier(eqx.Module):
@@ -77,7 +73,7 @@ class Classifier(eqx.Module):
         self.logits = eqx.nn.Linear(FEATURES, num_classes, key=logits_key)
 
     def features(self, x: Float[Array, "H W C"]) -> Float[Array, " F"]:
-        """The penultimate layer for one image with pixels in [-1, 1] (see `tokenizer.to_unit`)."""
+        """The penultimate layer for one image with pixels in [-1, 1] (see `images.to_unit`)."""
         y = jax.nn.relu(self.conv1(jnp.transpose(x, (2, 0, 1))))  # channel-first inside, as eqx.nn.Conv2d expects
         y = jax.nn.relu(self.conv2(y))
         return jax.nn.relu(self.hidden(y.reshape(-1)))
@@ -86,30 +82,23 @@ class Classifier(eqx.Module):
         return self.logits(self.features(x))
 
 
-def optimizer(steps: int) -> optax.GradientTransformation:
-    """AdamW with a short warm-up and a cosine decay to zero over `steps`."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, LEARNING_RATE, min(100, steps // 10), steps)
-    return optax.adamw(schedule, weight_decay=WEIGHT_DECAY)
+OPTIMIZER = train.optimizer(WEIGHT_DECAY, b2=0.999)  # AdamW with optax's default betas
 
 
-def make_step(steps: int):
-    """The jitted training step: (model, opt_state, uint8 images [B, H, W, C], int labels [B]) -> (model, opt_state,
-    cross-entropy loss)."""
-    opt = optimizer(steps)
+def schedule(steps: int) -> optax.Schedule:
+    """A short linear warm-up, then a cosine decay to zero over `steps`."""
+    return optax.warmup_cosine_decay_schedule(0.0, LEARNING_RATE, min(100, steps // 10), steps)
 
-    @eqx.filter_jit
-    def step(model: Classifier, opt_state, images: UInt8[Array, "B H W C"], labels: Int[Array, " B"]):
-        def loss_fn(model):
-            logits = jax.vmap(model)(to_unit(images))
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-        # optax mixes its int32 step count with floats; allow that even where a caller makes promotion strict.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
+@eqx.filter_jit
+def _step(model: Classifier, opt_state, images: UInt8[Array, "B H W C"], labels: Int[Array, " B"], lr):
+    """One training step: (model, opt_state, cross-entropy loss)."""
+    def loss_fn(model):
+        logits = jax.vmap(model)(to_unit(images))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-    return step
+    loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+    return *train.apply_updates(OPTIMIZER, grads, opt_state, model, lr), loss
 
 
 def train_classifier(train_ds: data.Dataset, test_ds: data.Dataset, *, steps: int = TRAIN_STEPS,
@@ -124,11 +113,10 @@ def train_classifier(train_ds: data.Dataset, test_ds: data.Dataset, *, steps: in
     if steps < 1:
         raise InputError(f"steps must be >= 1; got {steps}")
     model = Classifier(train_ds.image_shape, train_ds.num_classes, key=jr.key(seed))
-    step = make_step(steps)
-    opt_state = optimizer(steps).init(eqx.filter(model, eqx.is_array))
+    opt_state, lr = OPTIMIZER.init(eqx.filter(model, eqx.is_array)), schedule(steps)
     for i in range(steps):
         images, labels = train_ds.get(data.batch_indices(len(train_ds), batch_size, seed, i))
-        model, opt_state, _ = step(model, opt_state, images, labels)
+        model, opt_state, _ = _step(model, opt_state, images, labels, lr(i))
     images, labels = test_ds.get(np.arange(len(test_ds)))
     return model, float(np.mean(extract(model, images)[1] == labels))
 
@@ -158,7 +146,7 @@ def load(path: str | os.PathLike) -> tuple[Classifier, dict]:
 
 
 def load_or_train(data_spec: str, *, data_dir: str | None = None, cache_dir: str | os.PathLike | None = None,
-                  echo: Callable[[str], None] = click.echo) -> tuple[Classifier, dict]:
+                  echo: Callable[[str], None] = progress.say) -> tuple[Classifier, dict]:
     """The feature classifier of a dataset: loaded from the cache, or trained once and cached.
 
     Args:
@@ -208,59 +196,12 @@ def extract(model: Classifier, images: UInt8[np.ndarray, "N H W C"],
         expected = ", ".join(map(str, model.image_shape))
         raise InputError(f"the feature classifier takes uint8 images of shape [N, {expected}] with N >= 1; got "
                          f"{images.dtype} {list(images.shape)}: generate images at the size of its training data")
-    batch_size = min(batch_size, len(images))
     features, predictions = [], []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        n = len(batch)
-        f, p = _features_and_predictions(model, data.pad_to(batch, batch_size))
+    for idx, n in data.pass_indices(len(images), batch_size):
+        f, p = _features_and_predictions(model, images[idx])
         features.append(np.asarray(f[:n], np.float64))
         predictions.append(np.asarray(p[:n]))
     return np.concatenate(features), np.concatenate(predictions)
-
-
-def frechet_distance(feats_a: Float[np.ndarray, "N F"], feats_b: Float[np.ndarray, "M F"]) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr((S_a S_b)^(1/2)) between Gaussians fitted to two feature sets.
-
-    S_a S_b is not symmetric, and a general matrix square root of it (scipy's sqrtm) can turn complex from rounding.
-    Its eigenvalues equal those of sqrt(S_a) S_b sqrt(S_a), which is symmetric positive semi-definite, so the trace of
-    the square root is the sum of the square roots of that matrix's eigenvalues, all real (clipped at 0 against
-    rounding).
-
-    References: Heusel et al. 2017, "GANs Trained by a Two Time-Scale Update Rule Converge to a Local Nash
-    Equilibrium", Eq. 6.
-    """
-    a, b = _check_features(feats_a, feats_b, minimum=2)
-    mean_a, mean_b = a.mean(axis=0), b.mean(axis=0)
-    cov_a, cov_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    eigvals, eigvecs = np.linalg.eigh(cov_a)
-    sqrt_a = (eigvecs * np.sqrt(np.clip(eigvals, 0, None))) @ eigvecs.T
-    middle = sqrt_a @ cov_b @ sqrt_a
-    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)).sum()
-    distance = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt
-    return max(float(distance), 0.0)  # a squared distance; rounding can leave it a hair below zero
-
-
-def precision_recall(real_feats: Float[np.ndarray, "N F"], fake_feats: Float[np.ndarray, "M F"],
-                     k: int = 3) -> tuple[float, float]:
-    """Improved precision and recall: (fraction of fake samples inside the real manifold, fraction of real samples
-    inside the fake manifold), a manifold being the union of balls around its points, each reaching that point's
-    k-th nearest neighbour in its own set.
-
-    References: Kynkaanniemi et al. 2019, "Improved Precision and Recall Metric for Assessing Generative Models",
-    Eqs. 1-3.
-    """
-    real, fake = _check_features(real_feats, fake_feats, minimum=k + 1)
-    if k < 1:
-        raise InputError(f"k must be >= 1; got {k}")
-    real_radii, fake_radii = _knn_radii(real, k), _knn_radii(fake, k)
-    fake_inside = np.zeros(len(fake), bool)  # inside some real ball
-    real_inside = np.zeros(len(real), bool)  # inside some fake ball
-    for start, d2 in _squared_distances(real, fake):  # d2: rows of real against all of fake
-        rows = slice(start, start + len(d2))
-        fake_inside |= (d2 <= real_radii[rows, None]).any(axis=0)
-        real_inside[rows] = (d2 <= fake_radii[None, :]).any(axis=1)
-    return float(fake_inside.mean()), float(real_inside.mean())
 
 
 def sample_quality(model: Classifier, real_images: UInt8[np.ndarray, "N H W C"],
@@ -270,8 +211,8 @@ def sample_quality(model: Classifier, real_images: UInt8[np.ndarray, "N H W C"],
     and, given the labels that conditioned the generation, the classifier's accuracy on them (`label_accuracy`)."""
     real, _ = extract(model, real_images)
     fake, predicted = extract(model, fake_images)
-    precision, recall = precision_recall(real, fake, k)
-    result = {"frechet_distance": frechet_distance(real, fake), "precision": precision, "recall": recall}
+    precision, recall = metrics.precision_recall(real, fake, k)
+    result = {"frechet_distance": metrics.frechet_distance(real, fake), "precision": precision, "recall": recall}
     if fake_labels is not None:
         fake_labels = np.asarray(fake_labels)
         if fake_labels.shape != predicted.shape:
@@ -281,28 +222,37 @@ def sample_quality(model: Classifier, real_images: UInt8[np.ndarray, "N H W C"],
     return result
 
 
-def _check_features(a, b, *, minimum: int) -> tuple[np.ndarray, np.ndarray]:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < minimum:
-        raise InputError(f"need two feature sets [N, F] with the same F and at least {minimum} rows each; got "
-                         f"{list(a.shape)} and {list(b.shape)}")
-    return a, b
+def read_samples(path) -> tuple[np.ndarray, np.ndarray | None]:
+    """uint8 images [N, H, W, C] and the conditioning labels (None where unconditional) of a samples file."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = f["images"], f["labels"] if "labels" in f.files else None
+    except (OSError, ValueError, KeyError) as e:
+        raise InputError(f"cannot read samples {path} ({e}): give an .npz written by `fsq generate`") from None
+    if images.dtype != np.uint8 or images.ndim not in (3, 4):
+        raise InputError(f"{path}: images must be uint8 [N, H, W(, C)]; got {images.dtype} {list(images.shape)}")
+    images = images[..., None] if images.ndim == 3 else images
+    if labels is not None and np.all(labels < 0):
+        labels = None  # unconditional samples: no class to check
+    return images, labels
 
 
-def _squared_distances(a: np.ndarray, b: np.ndarray):
-    """Yields (row offset, squared distances [rows, M]) for chunks of the rows of `a` [N, F] against all of `b`."""
-    rows = max(1, CHUNK_ELEMENTS // len(b))
-    b_sq = np.sum(b**2, axis=1)
-    for start in range(0, len(a), rows):
-        chunk = a[start:start + rows]
-        d2 = np.sum(chunk**2, axis=1)[:, None] + b_sq[None, :] - 2 * chunk @ b.T
-        yield start, np.maximum(d2, 0)  # the expansion can round a tiny distance below zero
-
-
-def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
-    """The squared distance from each point of `x` to its k-th nearest other point: [N]."""
-    radii = np.empty(len(x))
-    for start, d2 in _squared_distances(x, x):
-        # Column k after partitioning: column 0 is the point itself, at distance 0.
-        radii[start:start + len(d2)] = np.partition(d2, k, axis=1)[:, k]
-    return radii
+def evaluate_samples(samples, data_spec: str, *, data_dir: str | None = None, autoencoder=None,
+                     echo: Callable[[str], None] = progress.say) -> dict:
+    """Sample quality of the samples file `samples` (`fsq generate`) against the test split of `data_spec`, and of the
+    tokenizer in `autoencoder` (when given) reconstructing as many test images: the best any generator on its tokens
+    can do. Returns {"classifier_accuracy", "reference_images", "samples": {...}, "reconstructions": {...}}, each
+    entry with `sample_quality`'s figures and its number of `images`."""
+    fake, labels = read_samples(samples)
+    classifier, info = load_or_train(data_spec, data_dir=data_dir, echo=echo)
+    test = data.load(data_spec, "test", data_dir=data_dir, image_size=fake.shape[1], channels=fake.shape[3])
+    real, real_labels = test.get(np.arange(len(test)))
+    result = {"classifier_accuracy": info["accuracy"], "reference_images": len(real),
+              "samples": {**sample_quality(classifier, real, fake, labels), "images": len(fake)}}
+    if autoencoder is not None:
+        model, qstate, _ = tokenizer.load(autoencoder)
+        # Reconstructions of as many test images as there are samples: Frechet distance depends on the set size.
+        pick = np.random.default_rng(0).choice(len(real), size=min(len(fake), len(real)), replace=False)
+        recon = tokenizer.reconstruct_all(model, qstate, real[pick])
+        result["reconstructions"] = {**sample_quality(classifier, real, recon, real_labels[pick]), "images": len(pick)}
+    return result

@@ -12,7 +12,6 @@ Legend: D channels (= len(levels)), K codebook size (= prod(levels)), "..." any 
 """
 
 import math
-from typing import NamedTuple
 
 import equinox as eqx
 import jax
@@ -21,6 +20,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from fsq_ref.errors import InputError
+from fsq_ref.quantizers import Quantized
 
 # The paper's recommended levels (Table 1 and appendix A.4.1), keyed by target codebook size. The appendix gives
 # [7,5,5,5] for 2^12; Table 1 and the UViM experiments use [7,5,5,5,5], which is what we follow.
@@ -200,19 +200,11 @@ def levels_for(size: int) -> tuple[int, ...]:
     return RECOMMENDED_LEVELS[size]
 
 
-class Quantized(NamedTuple):
-    """What every quantizer returns (FSQ here, VQ in vq.py), so a model can switch between them."""
-
-    codes: Float[Array, "... D"]  # quantized latents with a straight-through gradient, in the input dtype
-    indices: Int[Array, "..."]  # int32 codebook indices in [0, K)
-    loss: Float[Array, ""]  # auxiliary loss to add to the training objective (0 for FSQ)
-    metrics: dict[str, Array]  # scalar diagnostics for logging
-
-
 class FSQ(eqx.Module):
     """FSQ as a quantizer module with the same calling shape as `vq.VQ`.
 
-    FSQ has no parameters and no state: `init_state` returns None and `__call__` hands the state back unchanged.
+    FSQ has no parameters and no state: `init_state` returns None and `__call__` hands the state back unchanged
+    (the contract is in `quantizers`).
     """
 
     levels: tuple[int, ...] = eqx.field(static=True)
@@ -228,7 +220,8 @@ class FSQ(eqx.Module):
     def codebook_size(self) -> int:
         return math.prod(self.levels)
 
-    def init_state(self):
+    def init_state(self, *, key=None):
+        del key
         return None
 
     def __call__(self, z: Float[Array, "... D"], state=None, *, key=None, train: bool = False):

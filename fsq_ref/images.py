@@ -1,4 +1,4 @@
-"""Pictures for people: uint8 image batches laid out as PNG grids.
+"""Pixels: uint8 images to and from the [-1, 1] floats the networks work in, and batches laid out as PNG grids.
 
 Legend: N images, R rows, H W image size, C channels (1 or 3).
 """
@@ -6,10 +6,22 @@ Legend: N images, R rows, H W image size, C channels (1 or 3).
 import io
 import os
 
+import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, UInt8
 from PIL import Image
 
 from fsq_ref.checkpoint import write_atomic
+
+
+def to_unit(images: UInt8[Array, "B H W C"]) -> Float[Array, "B H W C"]:
+    """uint8 pixels -> float32 in [-1, 1], the range the networks work in."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(x: Float[Array, "B H W C"]) -> UInt8[Array, "B H W C"]:
+    """[-1, 1] floats -> uint8 pixels, rounded (not truncated) and clipped."""
+    return jnp.round(jnp.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
 
 
 def grid(rows: list[np.ndarray], pad: int = 2, scale: int = 1) -> np.ndarray:

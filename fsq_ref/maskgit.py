@@ -8,6 +8,9 @@ iterative parallel decoding. The FSQ paper's headline experiment trains the same
   model also gives the unconditional logits that classifier-free guidance needs.
 - Decoding (`decode`): sample every masked token, keep the most confident, re-mask the rest; fewer each step.
 
+This module is the model, the masking schedule and decoding; the training (loss, step, evaluation, the task for the
+shared loop, loading a run) is in `maskgit_train`.
+
 Vocabulary (defined in `MaskGITConfig` alone): codes 0..K-1, class tokens K..K+C-1, the unconditional class token K+C,
 MASK K+C+1. Functions take class *indices* in [0, C], C (`config.unconditional`) meaning "no class".
 
@@ -19,9 +22,7 @@ References: Chang et al., "MaskGIT: Masked Generative Image Transformer", CVPR 2
 """
 
 import dataclasses
-import itertools
 import math
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import equinox as eqx
@@ -29,21 +30,15 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fsq_ref import checkpoint, data, precision
+from fsq_ref import data
 from fsq_ref.errors import InputError
 from fsq_ref.nets import Transformer
-from fsq_ref.train import CHECKPOINT
 
-LABEL_SMOOTHING = 0.1
-LABEL_DROPOUT = 0.1  # fraction of training labels replaced by the unconditional token
 MIN_MASKED_FRACTION = 0.45  # the FSQ paper's lower bound on the masked fraction during training
 # r ~ U[R_MIN, 1] masks cos(pi/2 * (1 - r)) of the tokens: at least MIN_MASKED_FRACTION (R_MIN is about 0.297).
 R_MIN = 1.0 - math.acos(MIN_MASKED_FRACTION) * 2.0 / math.pi
-WEIGHT_DECAY = 0.045  # MaskGIT's AdamW setting
-EVAL_KEY = 0  # one fixed set of evaluation masks, whatever the training seed, so that runs are comparable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,24 +84,6 @@ class MaskGITConfig:
     @property
     def vocab_size(self) -> int:
         return self.codebook_size + self.num_classes + 2
-
-
-# Sizes only; `preset` completes them with the token file's codebook size, classes and grid.
-MASKGIT_PRESETS: dict[str, dict] = {
-    # For tests: compiles and runs in seconds.
-    "tiny": dict(dim=32, depth=2, num_heads=2, mlp_dim=64, dropout=0.0),
-    # 7x7 Fashion-MNIST tokens on a small CPU (1.1M parameters with K=1000); a few minutes of training sees the
-    # data about once, far from overfitting, so dropout would only slow learning down.
-    "fashion-mnist": dict(dim=128, depth=4, num_heads=4, mlp_dim=512, dropout=0.0),
-    # MaskGIT's transformer, as the FSQ paper trains it on ImageNet.
-    "paper": dict(dim=768, depth=24, num_heads=16, mlp_dim=3072, dropout=0.1),
-}
-
-
-def preset(name: str, *, codebook_size: int, num_classes: int, grid: tuple[int, int]) -> MaskGITConfig:
-    if name not in MASKGIT_PRESETS:
-        raise InputError(f"unknown preset {name!r}: use one of {', '.join(MASKGIT_PRESETS)}")
-    return MaskGITConfig(codebook_size, num_classes, tuple(grid), **MASKGIT_PRESETS[name])
 
 
 class MaskGIT(eqx.Module):
@@ -158,155 +135,6 @@ def random_mask(key: PRNGKeyArray, seq_len: int) -> Bool[Array, " S"]:
     count = jnp.ceil(mask_ratio(1.0 - r) * seq_len).astype(jnp.int32)
     # A random permutation ranks the positions; the `count` lowest-ranked ones are masked.
     return jr.permutation(position_key, seq_len) < count
-
-
-def masked_token_loss(logits: Float[Array, "B S K"], targets: Int[Array, "B S"],
-                      masked: Bool[Array, "B S"]) -> tuple[Float[Array, ""], dict]:
-    """Label-smoothed cross-entropy averaged over the masked positions only, and (nll, accuracy) there too.
-
-    Computed in float32 whatever the dtype of `logits` (bf16 under mixed precision, `precision`).
-    """
-    logits = logits.astype(jnp.float32)
-    log_p = jax.nn.log_softmax(logits)
-    nll = -jnp.take_along_axis(log_p, targets[..., None], axis=-1)[..., 0]
-    # Label smoothing: the target puts LABEL_SMOOTHING of its mass uniformly on all K codes.
-    ce = (1.0 - LABEL_SMOOTHING) * nll - LABEL_SMOOTHING * jnp.mean(log_p, axis=-1)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    count = jnp.maximum(jnp.sum(masked.astype(jnp.float32)), 1.0)
-
-    def mean(x):
-        return jnp.sum(jnp.where(masked, x, 0.0)) / count
-
-    return mean(ce), {"nll": mean(nll), "accuracy": mean(correct)}
-
-
-def optimizer(weight_decay: float) -> optax.GradientTransformation:
-    """AdamW with MaskGIT's betas and no learning rate: the step scales updates by one passed in (see tokenizer.py)."""
-    return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.96), optax.add_decayed_weights(weight_decay))
-
-
-class TrainState(eqx.Module):
-    model: MaskGIT
-    opt_state: optax.OptState
-
-
-def init_train_state(config: MaskGITConfig, weight_decay: float, *, key: PRNGKeyArray) -> TrainState:
-    model = MaskGIT(config, key=key)
-    return TrainState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)))
-
-
-def _masked_prediction(model: MaskGIT, tokens: Int[Array, "B S"], labels: Int[Array, " B"], mask_keys: PRNGKeyArray,
-                       dropout_key: PRNGKeyArray | None = None):
-    """Mask each sequence with its own key, predict: (loss, stats, logits [B, S, K], masked [B, S])."""
-    masked = jax.vmap(random_mask, (0, None))(mask_keys, tokens.shape[1])
-    out = batch_logits(model, jnp.where(masked, model.config.mask_token, tokens), labels, key=dropout_key)
-    return *masked_token_loss(out, tokens, masked), out, masked
-
-
-def make_step(weight_decay: float, dtype: str = "float32"):
-    """The jitted training step: (state, (tokens [B, h, w], labels [B]), key, lr) -> (state, stats, histogram [K]).
-
-    The transformer computes in `dtype` (`precision`); parameters and optimiser state stay float32.
-    """
-    opt = optimizer(weight_decay)
-    compute = precision.compute_dtype(dtype)
-
-    @eqx.filter_jit(donate="all")
-    def step(state: TrainState, batch, key: PRNGKeyArray, lr: Float[Array, ""]):
-        tokens, labels = batch
-        tokens, config = tokens.reshape(len(tokens), -1), state.model.config
-        mask_key, drop_key, dropout_key = jr.split(key, 3)
-        labels = jnp.where(jr.bernoulli(drop_key, LABEL_DROPOUT, labels.shape), config.unconditional, labels)
-
-        def loss_fn(model):
-            model = precision.cast(model, compute)
-            loss, *aux = _masked_prediction(model, tokens, labels, jr.split(mask_key, len(tokens)), dropout_key)
-            return loss, aux
-
-        (loss, (stats, out, masked)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
-        # optax's bias correction mixes its int32 step count with floats; allow that under strict promotion too.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = opt.update(grads, state.opt_state, eqx.filter(state.model, eqx.is_array))
-        model = eqx.apply_updates(state.model, jax.tree.map(lambda u: -lr * u, updates))
-        # Which codes the model predicts where it has to guess: the "usage" the training loop displays.
-        predicted = jnp.argmax(out, axis=-1).reshape(-1)
-        hist = jnp.zeros(config.codebook_size, jnp.int32).at[predicted].add(masked.reshape(-1).astype(jnp.int32))
-        return TrainState(model, opt_state), {"loss": loss, **stats}, hist
-
-    return step
-
-
-@eqx.filter_jit
-def _eval_batch(model: MaskGIT, tokens: Int[Array, "B S"], labels: Int[Array, " B"], mask_keys: PRNGKeyArray):
-    loss, stats, _, masked = _masked_prediction(model, tokens, labels, mask_keys)
-    return {"loss": loss, **stats}, jnp.sum(masked.astype(jnp.float32))
-
-
-def evaluate(model: MaskGIT, tokens: Int[np.ndarray, "N h w"], labels: Int[np.ndarray, " N"], *,
-             key: PRNGKeyArray, batch_size: int = 256) -> dict[str, float]:
-    """Masked-token loss, nll (nats) and accuracy over all examples, conditional (no label dropout), dropout off.
-
-    Example i is masked with the i-th key split from `key`: the same masks on every call, for every batch size.
-    """
-    tokens, keys = np.asarray(tokens).reshape(len(tokens), -1), jr.split(key, len(tokens))
-    totals, count = {}, 0.0
-    for i in range(0, len(tokens), batch_size):
-        stats, masked = _eval_batch(model, tokens[i:i + batch_size], labels[i:i + batch_size], keys[i:i + batch_size])
-        for name, value in stats.items():  # the batch's means, weighted by its number of masked tokens
-            totals[name] = totals.get(name, 0.0) + float(value) * float(masked)
-        count += float(masked)
-    return {name: total / count for name, total in totals.items()}
-
-
-class MaskGITTask:
-    """Training MaskGIT with `train.run` on a token file's indices [N, h, w] and class labels [N]."""
-
-    kind = "maskgit"
-
-    def __init__(self, config: MaskGITConfig, tokens: np.ndarray, labels: np.ndarray, *, eval_tokens: np.ndarray,
-                 eval_labels: np.ndarray, batch_size: int, seed: int, weight_decay: float, header: dict,
-                 dtype: str = "float32"):
-        for name, (t, l) in {"training": (tokens, labels), "evaluation": (eval_tokens, eval_labels)}.items():
-            if t.ndim != 3 or t.shape[1:] != config.grid or l.shape != t.shape[:1]:
-                raise InputError(f"the {name} tokens must be [N, {config.grid[0]}, {config.grid[1]}] with labels [N]; "
-                                 f"got {list(t.shape)} and {list(l.shape)}: use tokens from `fsq encode`")
-            if t.min() < 0 or t.max() >= config.codebook_size or l.min() < 0 or l.max() >= config.num_classes:
-                raise InputError(f"the {name} tokens must lie in [0, {config.codebook_size}) and labels in "
-                                 f"[0, {config.num_classes}): the config does not match the token file")
-        self.config, self.batch_size, self.seed, self.weight_decay = config, batch_size, seed, weight_decay
-        self.tokens, self.labels = tokens.astype(np.int32), labels.astype(np.int32)
-        self.eval_tokens, self.eval_labels = eval_tokens.astype(np.int32), eval_labels.astype(np.int32)
-        self.header = {"maskgit": dataclasses.asdict(config), "tokens": header}
-        self.codebook_size = config.codebook_size
-        self.step_fn = make_step(weight_decay, dtype)
-
-    def init_state(self, key: PRNGKeyArray) -> TrainState:
-        return init_train_state(self.config, self.weight_decay, key=key)
-
-    def step(self, state: TrainState, batch, key, lr):
-        return self.step_fn(state, batch, key, lr)
-
-    def batches(self, start_step: int):
-        for step in itertools.count(start_step):
-            idx = data.local_rows(data.batch_indices(len(self.tokens), self.batch_size, self.seed, step))
-            yield self.tokens[idx], self.labels[idx]
-
-    def evaluate(self, state: TrainState, workdir: Path) -> dict:
-        return evaluate(state.model, self.eval_tokens, self.eval_labels, key=jr.key(EVAL_KEY))
-
-
-def load(workdir: str | Path) -> tuple[MaskGIT, dict]:
-    """The trained MaskGIT in `workdir`: (model, checkpoint header)."""
-    path = Path(workdir) / CHECKPOINT
-    header = checkpoint.read_header(path)
-    if header.get("kind") != "maskgit":
-        raise InputError(f"{path} holds a {header.get('kind')} model, not MaskGIT: point --workdir at the folder of "
-                         "`fsq train maskgit`")
-    config = MaskGITConfig(**header["task"]["maskgit"])
-    like = eqx.filter_eval_shape(init_train_state, config, header["loop"]["weight_decay"], key=jr.key(0))
-    _, state = checkpoint.load(path, like)
-    return state.model, header
-
 
 def num_still_masked(step: Int[Array, "..."], steps: int, num_unknown: Int[Array, "..."],
                      num_masked: Int[Array, "..."]) -> Int[Array, "..."]:
@@ -399,7 +227,7 @@ def sample(model: MaskGIT, labels: np.ndarray, key: PRNGKeyArray, *, batch_size:
     out = []
     for i, start in enumerate(range(0, len(labels), batch_size)):
         chunk = labels[start:start + batch_size]
-        padded = data.pad_to(chunk.astype(np.int32), batch_size, fill=config.unconditional)
+        padded = data.pad_to(chunk.astype(np.int32), batch_size)
         tokens = jnp.full((batch_size, config.seq_len), config.mask_token, jnp.int32)
         out.append(np.asarray(generate(model, tokens, jnp.asarray(padded), jr.fold_in(key, i), **options))[:len(chunk)])
     return np.concatenate(out).reshape(len(labels), *config.grid)

@@ -217,32 +217,6 @@ class AutoencoderConfig:
         return self.image_size // self.downsample
 
 
-AUTOENCODER_PRESETS: dict[str, AutoencoderConfig] = {
-    # For tests: compiles and runs in seconds on a CPU.
-    "tiny": AutoencoderConfig(
-        image_size=28, channels=1, base_filters=8, channel_multipliers=(1, 2, 2), num_res_blocks=1
-    ),
-    # Default for Fashion-MNIST on a small CPU: 28x28x1 -> 7x7 tokens. The multipliers are the first three of MaskGIT's;
-    # the width is small because the convs at 28x28 dominate the cost (base 32 is ~6x slower per step).
-    "fashion-mnist": AutoencoderConfig(
-        image_size=28, channels=1, base_filters=16, channel_multipliers=(1, 1, 2), num_res_blocks=1
-    ),
-    # The same network with one halving fewer: 14x14 tokens, four times as many per image (the codebook-size study's
-    # check of whether a longer token sequence lets FSQ use more of a large codebook).
-    "fashion-mnist-14x14": AutoencoderConfig(
-        image_size=28, channels=1, base_filters=16, channel_multipliers=(1, 2), num_res_blocks=1
-    ),
-    # MaskGIT's VQGAN (x16 downsampling): 8x8 tokens at 128 px (the paper's codebook-size study) ...
-    "imagenet128": AutoencoderConfig(
-        image_size=128, channels=3, base_filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2
-    ),
-    # ... and 16x16 tokens at 256 px (the paper's MaskGIT results).
-    "imagenet256": AutoencoderConfig(
-        image_size=256, channels=3, base_filters=128, channel_multipliers=(1, 1, 2, 2, 4), num_res_blocks=2
-    ),
-}
-
-
 class Autoencoder(eqx.Module):
     """Encoder and decoder of one config; the quantizer sits between `encode` and `decode`, outside this module."""
 
@@ -388,6 +362,17 @@ class TransformerBlock(eqx.Module):
         attn_key, out_key = (None, None) if key is None else jr.split(key)
         out = attn(query, context, context, mask=mask, key=attn_key, inference=inference)
         return self.dropout(out, key=out_key, inference=inference)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSize:
+    """The sizes of a `Transformer` (MaskGIT's presets are these)."""
+
+    dim: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float
 
 
 class Transformer(eqx.Module):

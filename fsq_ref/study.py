@@ -27,11 +27,22 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
-import click
 import numpy as np
 
-from fsq_ref import checkpoint, data, features, fsq, metrics, plot, tokenizer, train
+from fsq_ref import (
+    checkpoint,
+    data,
+    features,
+    fsq,
+    metrics,
+    plot,
+    presets,
+    progress,
+    tokenizer,
+    train,
+)
 from fsq_ref.errors import InputError
+from fsq_ref.quantizers import KINDS, QuantizerConfig
 
 PAPER_SIZES = (16, 64, 256, 1024, 4096, 16384)  # 2^4 ... 2^14, the sizes of Table 1 that fit a CPU's memory
 RESULT = "result.json"  # in a run's folder: written once the run is trained and measured
@@ -46,7 +57,7 @@ class Run:
 
     quantizer: str
     size: int  # the target K; FSQ's actual size is quantizer_config.size
-    quantizer_config: tokenizer.QuantizerConfig
+    quantizer_config: QuantizerConfig
 
     @property
     def name(self) -> str:
@@ -64,11 +75,11 @@ def plan(sizes: Sequence[int], quantizers: Sequence[str]) -> list[Run]:
     for size in sorted(set(sizes)):
         for kind in dict.fromkeys(quantizers):
             if kind == "fsq":
-                config = tokenizer.QuantizerConfig("fsq", levels=fsq.levels_for(size))
+                config = QuantizerConfig("fsq", levels=fsq.levels_for(size))
             else:
                 if size < 2:
                     raise InputError(f"a VQ codebook needs at least 2 entries; got size {size}")
-                config = tokenizer.QuantizerConfig(kind, codebook_size=size)
+                config = QuantizerConfig(kind, codebook_size=size)
             runs.append(Run(kind, size, config))
     return runs
 
@@ -110,8 +121,8 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
     task = tokenizer.AutoencoderTask(
         tokenizer.TokenizerConfig(ae, run.quantizer_config), shared.train, shared.test, batch_size=loop.batch_size,
         seed=loop.seed, weight_decay=loop.weight_decay, data_header={"spec": settings["data"]})
-    resume = (run_dir / train.CHECKPOINT).exists()
-    if resume and (total := checkpoint.read_header(run_dir / train.CHECKPOINT).get("total_steps")) != loop.steps:
+    resume = (run_dir / checkpoint.CHECKPOINT).exists()
+    if resume and (total := checkpoint.read_header(run_dir / checkpoint.CHECKPOINT).get("total_steps")) != loop.steps:
         raise InputError(f"{run_dir} holds a run of {total} steps, not {loop.steps}: run the study with the same "
                          "--steps, or give a new --workdir")
     started = time.perf_counter()
@@ -120,7 +131,7 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         echo("interrupted: run the study again with the same options to continue")
         raise KeyboardInterrupt
     reconstructions = tokenizer.reconstruct_all(state.model, state.qstate, shared.images, EVAL_BATCH)
-    fd = features.frechet_distance(shared.features, features.extract(shared.classifier, reconstructions)[0])
+    fd = metrics.frechet_distance(shared.features, features.extract(shared.classifier, reconstructions)[0])
     q = run.quantizer_config
     result = {
         "run": run.name, "quantizer": run.quantizer, "size": run.size, "codebook_size": q.size,
@@ -141,16 +152,16 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
 
 
 def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: Sequence[int] = PAPER_SIZES,
-              quantizers: Sequence[str] = tokenizer.QUANTIZER_KINDS, steps: int, batch_size: int = 16,
+              quantizers: Sequence[str] = KINDS, steps: int, batch_size: int = 16,
               preset: str = "fashion-mnist", seed: int = 0, data_dir: str | None = None,
-              echo: Callable[[str], None] = click.echo) -> list[dict]:
+              echo: Callable[[str], None] = progress.say) -> list[dict]:
     """Train and measure one tokenizer per (quantizer, codebook size) with equal budgets; write the study's files.
 
     Args:
       workdir: the study's folder (created if needed); a folder of an earlier call with the same options continues it.
       data_spec, data_dir: the dataset, as `data.load` takes them; the test split is what every run is measured on.
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
-      quantizers: any of "fsq", "vq", "vq-entropy", "vq-split" (see `tokenizer.QuantizerConfig`).
+      quantizers: any of "fsq", "vq", "vq-entropy", "vq-split" (see `quantizers.QuantizerConfig`).
       steps, batch_size, preset, seed: the budget and network every run shares.
       echo: receives a progress line before each run, and the training loop's messages.
 
@@ -165,7 +176,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
     """
     workdir = Path(workdir)
     runs = plan(sizes, quantizers)
-    ae = tokenizer.preset(preset)
+    ae = presets.pick(presets.AUTOENCODER, preset)
     loop = train.LoopConfig(steps=steps, batch_size=batch_size, seed=seed, eval_every=steps,
                             checkpoint_every=min(CHECKPOINT_EVERY, steps))
     settings = {"data": data_spec, "preset": preset, "steps": steps, "batch_size": batch_size, "seed": seed}

@@ -13,7 +13,6 @@ Legend: B batch, H W image size, C image channels, h w token grid, D latent chan
 
 import dataclasses
 from pathlib import Path
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -23,49 +22,11 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
-from fsq_ref import checkpoint, data, fsq, metrics, precision, vq
+from fsq_ref import checkpoint, data, fsq, metrics, precision, tokens, train, vq
 from fsq_ref.errors import InputError
-from fsq_ref.images import grid, save_png
-from fsq_ref.nets import AUTOENCODER_PRESETS, Autoencoder, AutoencoderConfig
-from fsq_ref.train import CHECKPOINT
-
-QuantizerKind = Literal["fsq", "vq", "vq-entropy", "vq-split"]
-QUANTIZER_KINDS: tuple[str, ...] = QuantizerKind.__args__
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantizerConfig:
-    """Which quantizer sits in the bottleneck.
-
-    kind: "fsq" (levels); "vq" (codebook + commitment loss, MaskGIT's VQ without its entropy term); "vq-entropy"
-    (plus MaskGIT's entropy loss, weight 0.1); "vq-split" (UViM: EMA dictionary, momentum 0.995, l2-normalised codes,
-    dead codes split off the most used one when their discounted count falls under 0.1).
-    """
-
-    kind: QuantizerKind = "fsq"
-    levels: tuple[int, ...] = (8, 6, 5)  # FSQ only
-    codebook_size: int = 256  # VQ only (FSQ's is prod(levels))
-    vq_dim: int = 16  # VQ codeword size
-
-    def __post_init__(self):
-        if self.kind not in QUANTIZER_KINDS:
-            raise InputError(f"unknown quantizer {self.kind!r}: use one of {', '.join(QUANTIZER_KINDS)}")
-        if self.kind == "fsq":
-            object.__setattr__(self, "levels", fsq.check_levels(self.levels))
-
-    @property
-    def size(self) -> int:
-        return fsq.codebook_size(self.levels) if self.kind == "fsq" else self.codebook_size
-
-    def build(self, *, key: PRNGKeyArray) -> fsq.FSQ | vq.VQ:
-        if self.kind == "fsq":
-            return fsq.FSQ(self.levels)
-        options = {
-            "vq": {},
-            "vq-entropy": {"entropy_weight": 0.1},
-            "vq-split": {"ema_decay": 0.995, "split_threshold": 0.1, "l2_normalize": True},
-        }[self.kind]
-        return vq.VQ(self.codebook_size, self.vq_dim, key=key, **options)
+from fsq_ref.images import grid, save_png, to_uint8, to_unit
+from fsq_ref.nets import Autoencoder, AutoencoderConfig
+from fsq_ref.quantizers import QuantizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,24 +37,7 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerConfig":
         ae = {k: tuple(v) if isinstance(v, list) else v for k, v in d["autoencoder"].items()}
-        q = {k: tuple(v) if isinstance(v, list) else v for k, v in d["quantizer"].items()}
-        return cls(AutoencoderConfig(**ae), QuantizerConfig(**q))
-
-
-def preset(name: str) -> AutoencoderConfig:
-    if name not in AUTOENCODER_PRESETS:
-        raise InputError(f"unknown preset {name!r}: use one of {', '.join(AUTOENCODER_PRESETS)}")
-    return AUTOENCODER_PRESETS[name]
-
-
-def to_unit(images: UInt8[Array, "B H W C"]) -> Float[Array, "B H W C"]:
-    """uint8 pixels -> float32 in [-1, 1], the range the networks work in."""
-    return images.astype(jnp.float32) / 127.5 - 1.0
-
-
-def to_uint8(x: Float[Array, "B H W C"]) -> UInt8[Array, "B H W C"]:
-    """[-1, 1] floats -> uint8 pixels, rounded (not truncated) and clipped."""
-    return jnp.round(jnp.clip((x + 1.0) * 127.5, 0.0, 255.0)).astype(jnp.uint8)
+        return cls(AutoencoderConfig(**ae), QuantizerConfig.from_dict(d["quantizer"]))
 
 
 class Tokenizer(eqx.Module):
@@ -106,7 +50,7 @@ class Tokenizer(eqx.Module):
         self.autoencoder = Autoencoder(config.autoencoder, self.quantizer.dim, key=ae_key)
 
     def __call__(self, x: Float[Array, "B H W C"], qstate, *, key: PRNGKeyArray | None = None, train: bool = False):
-        """Reconstruct a batch: returns (reconstruction [B, H, W, C], fsq.Quantized, new quantizer state)."""
+        """Reconstruct a batch: returns (reconstruction [B, H, W, C], quantizers.Quantized, new quantizer state)."""
         z = jax.vmap(self.autoencoder.encode)(x)
         q, qstate = self.quantizer(z, qstate, key=key, train=train)
         return jax.vmap(self.autoencoder.decode)(q.codes), q, qstate
@@ -117,18 +61,6 @@ class Tokenizer(eqx.Module):
 
     def decode(self, indices: Int[Array, "B h w"], qstate) -> Float[Array, "B H W C"]:
         return jax.vmap(self.autoencoder.decode)(self.quantizer.indices_to_codes(indices, qstate))
-
-
-def init_qstate(model: Tokenizer, *, key: PRNGKeyArray):
-    q = model.quantizer
-    return q.init_state(key=key) if isinstance(q, vq.VQ) else q.init_state()
-
-
-def optimizer(weight_decay: float) -> optax.GradientTransformation:
-    """AdamW without its learning rate: the step scales the update by a learning rate passed in as an array, so that
-    the schedule (`train.learning_rate`, whose length may be fixed only once a time budget is known) never forces a
-    recompile."""
-    return optax.chain(optax.scale_by_adam(b1=0.9, b2=0.99), optax.add_decayed_weights(weight_decay))
 
 
 class TrainState(eqx.Module):
@@ -142,8 +74,8 @@ class TrainState(eqx.Module):
 def init_train_state(config: TokenizerConfig, weight_decay: float, *, key: PRNGKeyArray) -> TrainState:
     model_key, state_key = jr.split(key)
     model = Tokenizer(config, key=model_key)
-    opt_state = optimizer(weight_decay).init(eqx.filter(model, eqx.is_array))
-    return TrainState(model, opt_state, init_qstate(model, key=state_key))
+    opt_state = train.optimizer(weight_decay).init(eqx.filter(model, eqx.is_array))
+    return TrainState(model, opt_state, model.quantizer.init_state(key=state_key))
 
 
 def make_step(weight_decay: float, dtype: str = "float32"):
@@ -151,7 +83,7 @@ def make_step(weight_decay: float, dtype: str = "float32"):
 
     The network computes in `dtype` (`precision`); parameters, optimiser and quantizer state stay float32.
     """
-    opt = optimizer(weight_decay)
+    opt = train.optimizer(weight_decay)
     compute = precision.compute_dtype(dtype)
 
     # Every input is consumed by the step: donating them lets XLA update the parameters in place.
@@ -166,11 +98,7 @@ def make_step(weight_decay: float, dtype: str = "float32"):
             return mse + q.loss, (mse, q, qstate)
 
         (loss, (mse, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
-        # optax's bias correction mixes its int32 step count with floats; allow that here even when a caller (our
-        # tests) makes dtype promotion strict everywhere else.
-        with jax.numpy_dtype_promotion("standard"):
-            updates, opt_state = opt.update(grads, state.opt_state, eqx.filter(state.model, eqx.is_array))
-        model = eqx.apply_updates(state.model, jax.tree.map(lambda u: -lr * u, updates))
+        model, opt_state = train.apply_updates(opt, grads, state.opt_state, state.model, lr)
         stats = {"loss": loss, "mse": mse, **q.metrics}
         return TrainState(model, opt_state, qstate), stats, metrics.histogram(q.indices, model.quantizer.codebook_size)
 
@@ -188,12 +116,9 @@ def reconstruct(model: Tokenizer, qstate, images: UInt8[Array, "B H W C"]):
 
 
 def reconstruct_all(model: Tokenizer, qstate, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """uint8 reconstructions [N, H, W, C] of uint8 images, in batches padded to one size (one compilation)."""
-    out = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size]
-        out.append(np.asarray(reconstruct(model, qstate, data.pad_to(batch, batch_size))[0])[:len(batch)])
-    return np.concatenate(out)
+    """uint8 reconstructions [N, H, W, C] of uint8 images, in padded batches of one size (one compilation)."""
+    return np.concatenate([np.asarray(reconstruct(model, qstate, images[idx])[0])[:n]
+                           for idx, n in data.pass_indices(len(images), batch_size)])
 
 
 @eqx.filter_jit
@@ -206,14 +131,35 @@ def decode(model: Tokenizer, qstate, indices: Int[Array, "B h w"]) -> UInt8[Arra
     return to_uint8(model.decode(indices, qstate))
 
 
+def decode_all(model: Tokenizer, qstate, indices: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """uint8 images [N, H, W, C] of token grids [N, h, w], in padded batches of one size."""
+    return np.concatenate([np.asarray(decode(model, qstate, indices[idx]))[:n]
+                           for idx, n in data.pass_indices(len(indices), batch_size)])
+
+
+def encode_dataset(model: Tokenizer, qstate, fingerprint: str, ds: data.Dataset,
+                   batch_size: int = 500) -> tokens.TokenFile:
+    """The token file of every image of `ds` (with its labels, if any), made by the tokenizer whose checkpoint has
+    `fingerprint`, so that decoding with another tokenizer is caught."""
+    chunks, labels = [], []
+    for images, batch_labels, n in data.eval_batches(ds, batch_size):
+        chunks.append(np.asarray(encode(model, qstate, images))[:n])
+        if batch_labels is not None:
+            labels.append(batch_labels[:n])
+    q = model.quantizer
+    return tokens.TokenFile(np.concatenate(chunks), q.codebook_size, fingerprint,
+                            labels=np.concatenate(labels) if labels else None,
+                            num_classes=ds.num_classes if labels else None,
+                            levels=q.levels if isinstance(q, fsq.FSQ) else None)
+
+
 def evaluate(model: Tokenizer, qstate, ds: data.Dataset, batch_size: int = 500) -> dict[str, float]:
     """Reconstruction L1, MSE and PSNR (pixels in [0, 1], after rounding to uint8, i.e. the images a user gets) and
     codebook usage, perplexity and entropy over the whole of `ds`."""
     counter = metrics.CodeCounter(model.quantizer.codebook_size)
     sq_err = abs_err = 0.0
-    for images, _ in data.eval_batches(ds, batch_size):
-        n = len(images)
-        _, indices, mse, mae = reconstruct(model, qstate, data.pad_to(images, batch_size))
+    for images, _, n in data.eval_batches(ds, batch_size):
+        _, indices, mse, mae = reconstruct(model, qstate, images)
         counter.update(indices[:n])
         sq_err += float(jnp.sum(mse[:n]))
         abs_err += float(jnp.sum(mae[:n]))
@@ -243,32 +189,38 @@ class AutoencoderTask:
         self.batch_size, self.seed, self.weight_decay = batch_size, seed, weight_decay
         self.header = {"tokenizer": dataclasses.asdict(config), "data": data_header}
         self.codebook_size = config.quantizer.size
-        self.step_fn = make_step(weight_decay, dtype)
+        self.step = make_step(weight_decay, dtype)
 
     def init_state(self, key: PRNGKeyArray) -> TrainState:
         return init_train_state(self.config, self.weight_decay, key=key)
 
-    def step(self, state: TrainState, batch, key, lr):
-        return self.step_fn(state, batch, key, lr)
-
     def batches(self, start_step: int):
-        for images, _ in data.iterate(self.train_ds, self.batch_size, seed=self.seed, start_step=start_step):
-            yield images
+        return data.step_batches(len(self.train_ds), self.batch_size, self.seed, start_step,
+                                 lambda idx: self.train_ds.get(idx)[0])
 
     def evaluate(self, state: TrainState, workdir: Path) -> dict:
         comparison_png(workdir / "reconstructions.png", state.model, state.qstate, self.eval_ds)
         return evaluate(state.model, state.qstate, self.eval_ds)
 
 
+def make_task(config: TokenizerConfig, data_spec: str, data_dir: str | None, *, batch_size: int, seed: int,
+              weight_decay: float, dtype: str = "float32") -> AutoencoderTask:
+    """The task of training `config` on the train split of `data_spec`, evaluated on its test split; the checkpoint
+    records the data (spec, folder, stored image shape), so that later commands default to it."""
+    ae = config.autoencoder
+    load = dict(data_dir=data_dir, image_size=ae.image_size, channels=ae.channels, seed=seed)
+    train_ds, eval_ds = data.load(data_spec, "train", **load), data.load(data_spec, "test", **load)
+    native = getattr(train_ds, "native_shape", None)
+    data_header = {"spec": data_spec, "data_dir": data_dir, "image_shape": list(native) if native else None}
+    return AutoencoderTask(config, train_ds, eval_ds, batch_size=batch_size, seed=seed, weight_decay=weight_decay,
+                           data_header=data_header, dtype=dtype)
+
+
 def load(workdir: str | Path) -> tuple[Tokenizer, object, dict]:
     """The trained tokenizer in `workdir`: (model, quantizer state, checkpoint header)."""
-    path = Path(workdir) / CHECKPOINT
-    header = checkpoint.read_header(path)
-    if header.get("kind") != "autoencoder":
-        raise InputError(f"{path} holds a {header.get('kind')} model, not a tokenizer: point --workdir at the "
-                         "folder of `fsq train autoencoder`")
-    config = TokenizerConfig.from_dict(header["task"]["tokenizer"])
-    # The structure (shapes and dtypes) of the saved state, without computing an initialisation.
-    like = eqx.filter_eval_shape(init_train_state, config, header["loop"]["weight_decay"], key=jr.key(0))
-    _, state = checkpoint.load(path, like)
+    def init(header, key):
+        config = TokenizerConfig.from_dict(header["task"]["tokenizer"])
+        return init_train_state(config, header["loop"]["weight_decay"], key=key)
+
+    header, state = checkpoint.load_run(workdir, "autoencoder", init)
     return state.model, state.qstate, header

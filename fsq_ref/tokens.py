@@ -27,6 +27,7 @@ class TokenFile:
     labels: np.ndarray | None = None  # int32 [N]
     num_classes: int | None = None
     levels: tuple[int, ...] | None = None
+    path: str | None = dataclasses.field(default=None, compare=False)  # where it was read from, for messages
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -68,11 +69,12 @@ def load(path) -> TokenFile:
                                or labels.max() >= num_classes):
         raise InputError(f"{path}: labels must be [N] integers in [0, num_classes): re-encode with `fsq encode`")
     levels = tuple(int(l) for l in arrays["levels"]) if "levels" in arrays else None
-    return TokenFile(indices.astype(np.int32), K, str(arrays["tokenizer"]), labels, num_classes, levels)
+    return TokenFile(indices.astype(np.int32), K, str(arrays["tokenizer"]), labels, num_classes, levels, str(path))
 
 
-def check_made_by(tokens: TokenFile, fingerprint: str, path, grid: tuple[int, int], codebook_size: int) -> None:
+def check_made_by(tokens: TokenFile, fingerprint: str, grid: tuple[int, int], codebook_size: int) -> None:
     """Refuse tokens that the tokenizer with this checkpoint `fingerprint` (grid, codebook) did not make."""
+    path = tokens.path or "the token file"
     if tokens.tokenizer != fingerprint:
         raise InputError(f"{path} was encoded by another tokenizer (checkpoint {tokens.tokenizer[:12]}, this one is "
                          f"{fingerprint[:12]}): use the tokenizer --workdir that encoded it")

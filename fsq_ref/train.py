@@ -1,4 +1,5 @@
-"""The training loop shared by every trainer: it feeds batches, logs, evaluates and saves; the math is in the task.
+"""The training loop shared by every trainer, and the optimiser they share: it feeds batches, logs, evaluates and
+saves; the math is in the task.
 
 A task (the tokenizer here, MaskGIT and UViM elsewhere) supplies its initial state, one jitted step, its batches
 and its evaluation; this loop adds what every run needs:
@@ -6,8 +7,8 @@ and its evaluation; this loop adds what every run needs:
 - data parallelism: a 1-D `jax.sharding.Mesh` over every device JAX sees, the batch split along it and the state
   replicated, so the jitted step runs unchanged on one CPU or eight GPUs (XLA inserts the gradient all-reduce), and
   across hosts: each process loads its own rows of every batch and only process 0 writes files (`distributed`);
-- a progress bar with the live loss and codebook usage, `metrics.jsonl`, evaluation on held-out data every
-  `eval_every` steps and at the end;
+- progress with the live loss and codebook usage (`progress`: a bar on a terminal, one line per logging interval in
+  a log file), `metrics.jsonl`, evaluation on held-out data every `eval_every` steps and at the end;
 - one checkpoint file, written atomically every `checkpoint_every` steps and at the end; `resume` continues exactly
   where it stopped (batches and random keys are functions of the step, the learning rate of the step and the
   recorded schedule length), so a resumed run ends with the same parameters as an uninterrupted one;
@@ -29,19 +30,18 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
 
-import click
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fsq_ref import checkpoint, distributed, precision
+from fsq_ref import checkpoint, distributed, metrics, precision, progress
 from fsq_ref.errors import InputError
-from fsq_ref.metrics import codebook_stats
 
-CHECKPOINT = "checkpoint.fsq"
 CALIBRATION_STEPS = 30  # timed to size a time-limited schedule; the warm-up always covers them
 
 
@@ -91,6 +91,22 @@ class Task(Protocol):
     def batches(self, start_step: int) -> Iterator[tuple]: ...
 
     def evaluate(self, state, workdir: Path) -> dict: ...
+
+
+def optimizer(weight_decay: float, *, b2: float = 0.99) -> optax.GradientTransformation:
+    """AdamW (b1 0.9) without its learning rate: steps scale the update by a learning rate passed in as an array, so
+    that the schedule (`learning_rate`, whose length may be fixed only once a time budget is known) never forces a
+    recompile. MaskGIT uses b2 = 0.96."""
+    return optax.chain(optax.scale_by_adam(b1=0.9, b2=b2), optax.add_decayed_weights(weight_decay))
+
+
+def apply_updates(opt: optax.GradientTransformation, grads, opt_state, model, lr):
+    """One optimiser step of `model` at learning rate `lr`: returns (model, opt_state)."""
+    # optax's bias correction mixes its int32 step count with floats; allow that here even when a caller (our tests)
+    # makes dtype promotion strict everywhere else.
+    with jax.numpy_dtype_promotion("standard"):
+        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:
@@ -158,14 +174,24 @@ def _finite(stats: dict) -> bool:
     return all(math.isfinite(v) for v in stats.values())
 
 
+def _shown(stats: dict, usage: float) -> dict[str, float]:
+    """The figures progress shows: the loss, PSNR (from an image MSE on [-1, 1]) or accuracy, and codebook usage."""
+    shown = {"loss": stats["loss"]}
+    if "mse" in stats:
+        shown["psnr"] = metrics.psnr(stats["mse"] / 4.0)
+    if "accuracy" in stats:
+        shown["accuracy"] = stats["accuracy"]
+    return {**shown, "usage": usage}
+
+
 def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = False, devices=None,
-        echo: Callable[[str], None] = click.echo) -> tuple[object, dict | None]:
+        echo: Callable[[str], None] = progress.say) -> tuple[object, dict | None]:
     """Train `task` in `workdir` on `devices` (default: all); returns (final state, final evaluation).
 
     The evaluation is None when the run was interrupted (Ctrl-C): it saved its state and can be resumed.
     """
     workdir = Path(workdir)
-    path = workdir / CHECKPOINT
+    path = workdir / checkpoint.CHECKPOINT
     mesh = data_mesh(devices)
     if loop.batch_size % mesh.size:
         raise InputError(f"--batch-size {loop.batch_size} must be a multiple of the {mesh.size} devices JAX sees")
@@ -203,12 +229,9 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
     warmup = max(loop.warmup_steps, CALIBRATION_STEPS)
     started = time.perf_counter()
     hist = jnp.zeros((task.codebook_size,), jnp.int32)
-    step, calib_start, shown = start, None, ""
-    bar_length = total or int(1e9)
-    with _StopOnInterrupt() as interrupt, click.progressbar(
-        length=bar_length, label=f"training {task.kind}", item_show_func=lambda _: shown, file=None
-    ) as bar:
-        bar.update(start)
+    step, calib_start = start, None
+    bar = progress.Progress(f"training {task.kind}", total, start=start)
+    with _StopOnInterrupt() as interrupt:
         batches = task.batches(start)
         while total is None or step < total:
             batch = _global_batch(next(batches), mesh)
@@ -227,33 +250,37 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
                     remaining = loop.time_limit - (time.perf_counter() - started)
                     # 5% reserve for logging and saving; every process follows process 0's schedule.
                     total = distributed.agree(step + max(0, int(0.95 * remaining / per_step)))
-                    bar.length = total
+                    bar.total = total
             if step % loop.log_every == 0 or step == total:
                 stats = {k: float(v) for k, v in distributed.local(stats).items()}
                 if not _finite(stats):
+                    bar.close()
                     raise TrainingDiverged(
                         f"the loss became {stats['loss']} by step {step}; the last good checkpoint (if any) is kept "
                         f"at {path}: lower --learning-rate and train again")
-                usage = codebook_stats(distributed.local(hist))["usage"]
+                usage = metrics.codebook_stats(distributed.local(hist))["usage"]
                 hist = jnp.zeros_like(hist)
                 log({"step": step, "split": "train", **stats, "usage": usage, "lr": lr,
                      "seconds": round(elapsed, 2)})
-                shown = f"loss {stats['loss']:.4f}  usage {usage:.1%}"
-            bar.update(1)
+                if main:
+                    bar.report(step, _shown(stats, usage))
             out_of_time = loop.time_limit is not None and elapsed >= loop.time_limit
             if jax.process_count() > 1:  # stop together: on process 0's word, checked at logging intervals
                 stopping = step % loop.log_every == 0 and distributed.agree(out_of_time or interrupt.requested)
                 out_of_time, interrupt.requested = stopping and out_of_time, stopping and not out_of_time
             if out_of_time:
-                echo(f"\ntime limit of {loop.time_limit:g} s reached at step {step}")
+                bar.close()
+                echo(f"time limit of {loop.time_limit:g} s reached at step {step}")
                 break
             if interrupt.requested:
-                echo(f"\ninterrupted at step {step}: saving")
+                bar.close()
+                echo(f"interrupted at step {step}: saving")
                 break
             if step % loop.checkpoint_every == 0:
                 save(state, step)
             if step % loop.eval_every == 0 and step != total:
                 log({"step": step, "split": "eval", **evaluate(state)})
+    bar.close()
     save(state, step)
     if interrupt.requested:
         echo(f"saved {path} at step {step}: continue with --resume")

@@ -36,7 +36,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from fsq_ref import fsq, vq
 from fsq_ref.errors import InputError
 from fsq_ref.nets import Decoder, Encoder, Transformer, causal_mask
-from fsq_ref.tokenizer import QuantizerConfig
+from fsq_ref.quantizers import QuantizerConfig
 
 START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1
 
@@ -57,8 +57,8 @@ class OracleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "OracleConfig":
-        q = {k: tuple(v) if isinstance(v, list) else v for k, v in d["quantizer"].items()}
-        return cls(**{**d, "channel_multipliers": tuple(d["channel_multipliers"]), "quantizer": QuantizerConfig(**q)})
+        return cls(**{**d, "channel_multipliers": tuple(d["channel_multipliers"]),
+                        "quantizer": QuantizerConfig.from_dict(d["quantizer"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,36 +70,6 @@ class LMConfig:
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
-
-
-ORACLE_PRESETS = {
-    "tiny": OracleConfig(image_size=32, base_filters=8, channel_multipliers=(1, 2, 2, 2), num_res_blocks=1,
-                         context_dim=8),
-    # 32x32 images -> a 4x4 code (16 tokens of 12.1 bits with FSQ [7,5,5,5,5]).
-    "quick": OracleConfig(image_size=32, base_filters=16, channel_multipliers=(1, 2, 2, 4), num_res_blocks=1,
-                          context_dim=32),
-}
-LM_PRESETS = {
-    "tiny": LMConfig(patch_size=8, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_dim=64),
-    "quick": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256),
-    # UViM's stage II: ViT-L/16 encoder and a 24-layer decoder of the same width, dropout 0.1 (512 px inputs).
-    "paper": LMConfig(patch_size=16, dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_dim=4096,
-                      dropout=0.1),
-}
-
-
-def _preset(presets: dict, name: str):
-    if name not in presets:
-        raise InputError(f"unknown preset {name!r}: use one of {', '.join(presets)}")
-    return presets[name]
-
-
-def oracle_preset(name: str) -> OracleConfig:
-    return _preset(ORACLE_PRESETS, name)
-
-
-def lm_preset(name: str) -> LMConfig:
-    return _preset(LM_PRESETS, name)
 
 
 def _hw(x: Float[Array, "H W C"]) -> Float[Array, "C H W"]:  # eqx convolutions are channels-first
@@ -141,7 +111,7 @@ class Oracle(eqx.Module):
 
     def encode(self, target: Float[Array, "B H W Ct"], context: Float[Array, "B H W Cc"], qstate, *,
                key: PRNGKeyArray | None = None, train: bool = False):
-        """-> (fsq.Quantized with codes [B, h, w, D] and indices [B, h, w], new quantizer state)."""
+        """-> (quantizers.Quantized with codes [B, h, w, D] and indices [B, h, w], new quantizer state)."""
         z = jax.vmap(self.encoder)(jnp.concatenate([target, context], axis=-1))
         return self.quantizer(z, qstate, key=key, train=train)
 

@@ -5,16 +5,15 @@ target: it is computed once, with the trained oracle, when stage II starts (UViM
 augments its data; we do not augment, so the codes never change). Both stages use AdamW with the loop's warm-up and
 cosine schedule.
 
-Evaluation runs over the whole test split in padded batches of one size (one compilation) and reports the task's
-metric (`dense_tasks`), the codebook usage of the codes involved, and, for stage II, the trivial baseline and the
-stage-II token accuracy against the oracle's codes.
+Evaluation during training runs over the whole test split (`uvim_eval`) and reports the task's metric
+(`dense_tasks`), the codebook usage of the codes involved, and, for stage II, the token accuracy against the oracle's
+codes.
 
 Legend: B batch, N examples, S code length, K codebook size.
 """
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -25,14 +24,24 @@ import optax
 
 from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
-from fsq_ref.images import grid, save_png
-from fsq_ref.tokenizer import optimizer
-from fsq_ref.train import CHECKPOINT
-from fsq_ref.uvim import (GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, decode_code,
-                          encode_target, generate_code, shift_right)
-
-EVAL_BATCH = 256
-PICTURE_COUNT = 12
+from fsq_ref.train import apply_updates, optimizer
+from fsq_ref.uvim import (
+    GuidingCodeLM,
+    LMConfig,
+    Oracle,
+    OracleConfig,
+    code_dropout_mask,
+    shift_right,
+)
+from fsq_ref.uvim_eval import (
+    code_usage,
+    oracle_codes,
+    oracle_predict,
+    picture,
+    run_over,
+    score,
+    stage2_predict,
+)
 
 
 class OracleState(eqx.Module):
@@ -46,18 +55,11 @@ class LMState(eqx.Module):
     opt_state: optax.OptState
 
 
-def _apply(opt, grads, opt_state, model, lr):
-    # optax's bias correction mixes its int32 step count with floats; allowed here even under strict promotion.
-    with jax.numpy_dtype_promotion("standard"):
-        updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state
-
-
 def init_oracle_state(config: OracleConfig, task: dense_tasks.DenseTask, weight_decay: float, *, key) -> OracleState:
     model_key, q_key = jr.split(key)
     model = Oracle(config, context_channels=task.context_channels, target_channels=task.target_channels,
                    out_channels=task.out_channels, key=model_key)
-    qstate = model.quantizer.init_state(key=q_key) if isinstance(model.quantizer, vq.VQ) else None
+    qstate = model.quantizer.init_state(key=q_key)
     return OracleState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)), qstate)
 
 
@@ -81,7 +83,7 @@ def make_oracle_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: st
             return task_loss + q.loss, (task_loss, q, qstate)
 
         (loss, (task_loss, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
-        model, opt_state = _apply(opt, grads, state.opt_state, state.model, lr)
+        model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr)
         stats = {"loss": loss, "task_loss": task_loss, **q.metrics}
         return OracleState(model, opt_state, qstate), stats, metrics.histogram(q.indices, model.quantizer.codebook_size)
 
@@ -113,89 +115,12 @@ def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = 
             return -jnp.mean(jnp.take_along_axis(log_p, code[..., None], axis=-1)), logits
 
         (loss, logits), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
-        model, opt_state = _apply(opt, grads, state.opt_state, state.model, lr)
+        model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr)
         guess = jnp.argmax(logits, axis=-1)
         stats = {"loss": loss, "accuracy": jnp.mean(guess == code)}
         return LMState(model, opt_state), stats, metrics.histogram(guess, logits.shape[-1])
 
     return step
-
-
-@eqx.filter_jit
-def oracle_codes(oracle: Oracle, qstate, task, batch: dict):
-    return encode_target(oracle, qstate, task.target(batch), task.context(batch))
-
-
-@eqx.filter_jit
-def oracle_predict(oracle: Oracle, qstate, task, batch: dict):
-    """Stage I's reconstruction of the targets: (prediction dict, code [B, S])."""
-    context = task.context(batch)
-    code = encode_target(oracle, qstate, task.target(batch), context)
-    return task.predict(decode_code(oracle, qstate, code, context)), code
-
-
-def stage2_predict(lm: GuidingCodeLM, oracle: Oracle, qstate, task, batch: dict, key, temperature: float = 0.0):
-    """The full model: image -> stage II code -> stage I decoder with the image -> (prediction dict, code [B, S])."""
-    context = task.context(batch)
-    code = generate_code(lm, context, key, temperature=temperature)
-    return _decode_and_predict(oracle, qstate, task, code, context), code
-
-
-@eqx.filter_jit
-def _decode_and_predict(oracle, qstate, task, code, context):
-    return task.predict(decode_code(oracle, qstate, code, context))
-
-
-def _batches(ds: dense.DenseData, batch_size: int):
-    """(batch padded to batch_size by repeating the last example, number of real examples) over all of `ds`."""
-    for start in range(0, len(ds), batch_size):
-        idx = np.minimum(np.arange(start, start + batch_size), len(ds) - 1)
-        yield ds.batch(idx), min(batch_size, len(ds) - start)
-
-
-def run_over(ds: dense.DenseData, predict: Callable[[dict], tuple[dict, object]], batch_size: int = EVAL_BATCH):
-    """Apply `predict` (batch -> (prediction dict, code [B, S])) to all of `ds`: (predictions, codes), numpy."""
-    predictions, codes = [], []
-    for batch, n in _batches(ds, batch_size):
-        prediction, code = predict(batch)
-        predictions.append({k: np.asarray(v)[:n] for k, v in prediction.items()})
-        codes.append(np.asarray(code)[:n])
-    return {k: np.concatenate([p[k] for p in predictions]) for k in predictions[0]}, np.concatenate(codes)
-
-
-def score(task: dense_tasks.DenseTask, ds: dense.DenseData, predictions: dict) -> dict[str, float]:
-    metric = task.metric()
-    for start in range(0, len(ds), EVAL_BATCH):
-        idx = np.arange(start, min(start + EVAL_BATCH, len(ds)))
-        metric.update({k: v[idx] for k, v in predictions.items()}, ds.batch(idx))
-    return metric.result()
-
-
-def code_usage(codes: np.ndarray, codebook_size: int) -> dict[str, float]:
-    counter = metrics.CodeCounter(codebook_size)
-    counter.update(jnp.asarray(codes))
-    return counter.stats()
-
-
-def picture(path, task: dense_tasks.DenseTask, ds: dense.DenseData, predictions: dict) -> str:
-    """Inputs, predictions and targets of the first examples, one row each."""
-    idx = np.arange(min(PICTURE_COUNT, len(ds)))
-    batch = ds.batch(idx)
-    targets = {k: batch[k] for k in ("depth", "image", "semantic", "instance") if k in batch}
-    rows = [task.show_input(batch), task.show({k: v[idx] for k, v in predictions.items()}), task.show(targets)]
-    return save_png(path, grid(rows, scale=3))
-
-
-class _DenseBatches:
-    def __init__(self, ds: dense.DenseData, batch_size: int, seed: int, extra: dict | None = None):
-        self.ds, self.batch_size, self.seed, self.extra = ds, batch_size, seed, extra or {}
-
-    def __call__(self, start_step: int):
-        step = start_step
-        while True:
-            idx = data.local_rows(data.batch_indices(len(self.ds), self.batch_size, self.seed, step))
-            yield {**self.ds.batch(idx), **{k: v[idx] for k, v in self.extra.items()}}
-            step += 1
 
 
 class OracleTask:
@@ -209,12 +134,13 @@ class OracleTask:
         if train_ds.images.shape[1] != config.image_size:
             raise InputError(f"the data's images are {train_ds.images.shape[1]} px but the preset expects "
                              f"{config.image_size}: pick a matching --preset or --image-size")
-        self.config, self.task, self.test_ds, self.weight_decay = config, task, test_ds, weight_decay
+        self.config, self.task, self.weight_decay = config, task, weight_decay
+        self.train_ds, self.test_ds = train_ds, test_ds
         self.header = {"oracle": dataclasses.asdict(config), "dense_task": dense_tasks.to_dict(task),
                        "data": data_header}
         self.codebook_size = config.quantizer.size
         self.step = make_oracle_step(task, weight_decay, dtype)
-        self.batches = _DenseBatches(train_ds, batch_size, seed)
+        self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start, train_ds.batch)
 
     def init_state(self, key) -> OracleState:
         return init_oracle_state(self.config, self.task, self.weight_decay, key=key)
@@ -223,6 +149,17 @@ class OracleTask:
         predictions, codes = run_over(self.test_ds, lambda b: oracle_predict(state.model, state.qstate, self.task, b))
         picture(workdir / "predictions.png", self.task, self.test_ds, predictions)
         return {**score(self.task, self.test_ds, predictions), **code_usage(codes, self.codebook_size)}
+
+
+def make_oracle_task(config: OracleConfig, task_name: str, data_spec: str, data_dir: str | None, *, batch_size: int,
+                     seed: int, weight_decay: float, dtype: str = "float32") -> OracleTask:
+    """Stage I of `config` for the task `task_name` on `data_spec`'s train split, evaluated on its test split; the
+    checkpoint records the data, so that stage II and later commands default to it."""
+    train_ds = dense.load(data_spec, "train", data_dir=data_dir, size=config.image_size, seed=seed)
+    test_ds = dense.load(data_spec, "test", data_dir=data_dir, size=config.image_size, seed=seed)
+    return OracleTask(config, dense_tasks.make(task_name, train_ds), train_ds, test_ds, batch_size=batch_size,
+                      seed=seed, weight_decay=weight_decay,
+                      data_header={"spec": data_spec, "data_dir": data_dir, "seed": seed}, dtype=dtype)
 
 
 class LMTask:
@@ -245,7 +182,9 @@ class LMTask:
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}
         self.step = make_lm_step(self.task, weight_decay, dtype)
-        self.batches = _DenseBatches(train_ds, batch_size, seed, extra={"code": codes.astype(np.int32)})
+        codes = codes.astype(np.int32)
+        self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start,
+                                                       lambda idx: {**train_ds.batch(idx), "code": codes[idx]})
 
     def init_state(self, key) -> LMState:
         return init_lm_state(self.config, self.oracle_config, self.task, self.weight_decay, key=key)
@@ -258,40 +197,30 @@ class LMTask:
                 "token_accuracy": float(np.mean(codes == self.test_codes))}
 
 
-def _load(workdir, kind: str, command: str, init: Callable[[dict], object]):
-    path = Path(workdir) / CHECKPOINT
-    header = checkpoint.read_header(path)
-    if header.get("kind") != kind:
-        raise InputError(f"{path} holds a {header.get('kind')} model, not a {kind}: point at the folder of `{command}`")
-    like = eqx.filter_eval_shape(init, header)
-    return header, checkpoint.load(path, like)[1]
-
-
 def load_oracle(workdir) -> tuple[Oracle, object, dense_tasks.DenseTask, dict]:
     """The trained stage I in `workdir`: (oracle, quantizer state, task, checkpoint header)."""
-    def init(header):
+    def init(header, key):
         config = OracleConfig.from_dict(header["task"]["oracle"])
         task = dense_tasks.from_dict(header["task"]["dense_task"])
-        return init_oracle_state(config, task, header["loop"]["weight_decay"], key=jr.key(0))
+        return init_oracle_state(config, task, header["loop"]["weight_decay"], key=key)
 
-    header, state = _load(workdir, "uvim-oracle", "fsq train uvim-oracle", init)
+    header, state = checkpoint.load_run(workdir, "uvim-oracle", init)
     return state.model, state.qstate, dense_tasks.from_dict(header["task"]["dense_task"]), header
 
 
 def load_lm(workdir, oracle_dir=None):
     """The trained stage II in `workdir` and its oracle (from `oracle_dir`, default the folder it was trained with):
     (lm, oracle, quantizer state, task, lm header). Refuses an oracle other than the one stage II learned from."""
-    lm_header = checkpoint.read_header(Path(workdir) / CHECKPOINT)
-    if lm_header.get("kind") == "uvim-lm":
-        oracle_dir = oracle_dir or lm_header["task"]["oracle_dir"]
-    oracle, qstate, task, oracle_header = load_oracle(oracle_dir or workdir)
+    lm_header = checkpoint.read_run(workdir, "uvim-lm")
+    oracle_dir = oracle_dir or lm_header["task"]["oracle_dir"]
+    oracle, qstate, task, oracle_header = load_oracle(oracle_dir)
     oracle_config = OracleConfig.from_dict(oracle_header["task"]["oracle"])
 
-    def init(header):
+    def init(header, key):
         config = LMConfig(**header["task"]["lm"])
-        return init_lm_state(config, oracle_config, task, header["loop"]["weight_decay"], key=jr.key(0))
+        return init_lm_state(config, oracle_config, task, header["loop"]["weight_decay"], key=key)
 
-    header, state = _load(workdir, "uvim-lm", "fsq train uvim-lm", init)
+    header, state = checkpoint.load_run(workdir, "uvim-lm", init)
     if header["task"]["oracle_sha256"] != oracle_header["sha256"]:
         raise InputError(f"{workdir} was trained on the codes of another oracle than {oracle_dir}: give the --oracle "
                          "folder it was trained with")

@@ -27,7 +27,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from fsq_ref.errors import InputError
-from fsq_ref.fsq import Quantized
+from fsq_ref.quantizers import Quantized
 
 
 class VQState(NamedTuple):
@@ -160,10 +160,12 @@ class VQ(eqx.Module):
         limit = (3.0 / codebook_size) ** 0.5
         self.codebook = None if ema_decay else jr.uniform(key, (codebook_size, dim), jnp.float32, -limit, limit)
 
-    def init_state(self, *, key: PRNGKeyArray) -> VQState | None:
-        """The EMA dictionary with unit counts (None without EMA)."""
+    def init_state(self, *, key: PRNGKeyArray | None = None) -> VQState | None:
+        """The EMA dictionary with unit counts (None without EMA, which needs no key)."""
         if self.ema_decay is None:
             return None
+        if key is None:
+            raise InputError("this VQ keeps an EMA dictionary, initialised at random: pass init_state(key=...)")
         sums = jr.normal(key, (self.codebook_size, self.dim), jnp.float32) / self.codebook_size**0.5
         return VQState(sums, jnp.ones((self.codebook_size,), jnp.float32))
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fsq_ref import data, features, maskgit, tokenizer
+from fsq_ref import data, features, maskgit_train, tokenizer
 from fsq_ref.cli import main
 
 TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
@@ -87,13 +87,19 @@ def test_eval_prints_and_writes_metrics(trained, tmp_path):
     assert f"psnr {metrics['psnr']:.4g}" in result.output
 
 
-def test_images_of_another_size_and_channels_are_converted(trained, tmp_path):
+def test_stored_images_of_another_shape_are_refused_and_folders_are_fitted(trained, tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
     np.savez(tmp_path / "rgb.npz", images=rgb)
-    result = invoke("encode", "--workdir", trained, "--data", tmp_path / "rgb.npz", "--split", "all",
-                    "--out", tmp_path / "t.npz")
+    result = invoke("encode", "--workdir", trained, "--data", tmp_path / "rgb.npz", "--out", tmp_path / "t.npz")
+    assert_bad_input(result, "are 32x32x3 but this tokenizer takes 28x28x1")
+    assert not (tmp_path / "t.npz").exists()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, image in enumerate(rgb[:5]):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    result = invoke("encode", "--workdir", trained, "--data", folder, "--out", tmp_path / "t.npz")
     assert result.exit_code == 0, result.output
-    assert np.load(tmp_path / "t.npz")["indices"].shape == (20, 7, 7)
+    assert np.load(tmp_path / "t.npz")["indices"].shape == (5, 7, 7)  # every file: the default split is "all"
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "vq-entropy", "vq-split"])
@@ -245,7 +251,7 @@ def test_generate_bad_input(trained, maskgit_run, tmp_path):
                   "--workdir", other).exit_code == 0
     assert_bad_input(invoke(*args, "--autoencoder", other), "another tokenizer")
     assert_bad_input(invoke("generate", "--workdir", trained, "--autoencoder", trained, "--out", tmp_path / "x.npz"),
-                     "not MaskGIT")
+                     "not 'maskgit'")
     assert not (tmp_path / "s.npz").exists()
 
 
@@ -271,4 +277,4 @@ def test_trainers_take_bfloat16_and_resume_only_in_the_same_dtype(maskgit_run, t
     model, _, header = tokenizer.load(tmp_path / "ae")
     assert header["loop"]["dtype"] == "bfloat16"
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
-    assert maskgit.load(tmp_path / "mg")[1]["loop"]["dtype"] == "bfloat16"
+    assert maskgit_train.load(tmp_path / "mg")[1]["loop"]["dtype"] == "bfloat16"

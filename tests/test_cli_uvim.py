@@ -85,7 +85,7 @@ def test_other_tasks_train_and_predict_from_the_oracle(task, tmp_path):
 def test_bad_input(oracle, lm, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", lm, "--task", "depth"), "trained for panoptic")
     assert_bad_input(invoke("train", "uvim-lm", "--oracle", lm, "--steps", 1, "--workdir", tmp_path / "x"),
-                     "not a UViM oracle")
+                     "not 'uvim-oracle'")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", "--data", "nonsense", "--steps", 1,
                             "--workdir", tmp_path / "y"), "nonsense")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", *DATA, "--levels", "7,2", "--steps", 1,

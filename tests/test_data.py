@@ -269,5 +269,41 @@ def test_iterate_resumes_exactly():
 def test_eval_batches_cover_every_index_once(n, batch_size):
     ds = data.ArrayDataset(np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), np.arange(n, dtype=np.int32), n)
     batches = list(data.eval_batches(ds, batch_size))
-    assert all(len(labels) == batch_size for _, labels in batches[:-1]) and 1 <= len(batches[-1][1]) <= batch_size
-    np.testing.assert_array_equal(np.concatenate([labels for _, labels in batches]), np.arange(n))
+    # One shape for the whole pass (one compilation): every batch has min(batch_size, n) rows.
+    assert all(len(labels) == min(batch_size, n) for _, labels, _ in batches)
+    assert all(count == min(batch_size, n) for _, _, count in batches[:-1]) and 1 <= batches[-1][2] <= batch_size
+    np.testing.assert_array_equal(np.concatenate([labels[:count] for _, labels, count in batches]), np.arange(n))
+    # The padding repeats the last real example, so every row is a valid input.
+    last, labels, count = batches[-1]
+    assert np.all(labels[count:] == n - 1) and np.all(last[count:] == last[count - 1])
+
+
+@given(st.lists(st.integers(-5, 5), min_size=1, max_size=20), st.integers(0, 10))
+def test_pad_to_repeats_the_last_row(rows, extra):
+    batch = np.array(rows)
+    padded = data.pad_to(batch, len(rows) + extra)
+    np.testing.assert_array_equal(padded, np.concatenate([batch, np.full(extra, rows[-1])]))
+
+
+def test_split_all_is_train_then_test():
+    train, test, every = (data.load("procedural:30", split) for split in ("train", "test", "all"))
+    assert len(every) == len(train) + len(test)
+    np.testing.assert_array_equal(every.get(np.arange(len(every)))[0],
+                                  np.concatenate([train.get(np.arange(30))[0], test.get(np.arange(30))[0]]))
+
+
+def test_folder_with_train_and_test_subfolders_is_split_by_them(tmp_path):
+    for split, count in (("train", 3), ("test", 2)):
+        for cls in ("cat", "dog"):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(folder / f"{i}.png")
+    train, test, every = (data.load(str(tmp_path), split, image_size=8, channels=1) for split in ("train", "test", "all"))
+    assert (len(train), len(test), len(every)) == (6, 4, 10)
+    assert train.class_names == ("cat", "dog") and sorted(test.labels) == [0, 0, 1, 1]
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error(tmp_path):
+    with pytest.raises(InputError, match="not a folder"):
+        data.load("fashion-mnist", "test", data_dir=str(tmp_path / "nowhere"))

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
-from fsq_ref import data, features
+from fsq_ref import data, features, metrics
 from fsq_ref.errors import InputError
 
 
@@ -39,15 +39,15 @@ def test_frechet_distance_matches_closed_form_for_diagonal_gaussians(dim):
     a = mean_a + std_a * standardized(500, dim, seed=1)
     b = mean_b + std_b * standardized(700, dim, seed=2)
     expected = np.sum((mean_a - mean_b) ** 2) + np.sum((std_a - std_b) ** 2)
-    assert np.isclose(features.frechet_distance(a, b), expected, rtol=1e-9)
+    assert np.isclose(metrics.frechet_distance(a, b), expected, rtol=1e-9)
 
 
 def test_frechet_distance_is_zero_for_identical_sets_and_grows_with_a_mean_shift():
     a = np.random.default_rng(0).normal(size=(300, 8)) @ np.random.default_rng(1).normal(size=(8, 8))
-    assert features.frechet_distance(a, a) < 1e-9
+    assert metrics.frechet_distance(a, a) < 1e-9
     direction = np.random.default_rng(2).normal(size=8)
     direction /= np.linalg.norm(direction)
-    distances = [features.frechet_distance(a, a + shift * direction) for shift in (0.5, 1.0, 2.0, 4.0)]
+    distances = [metrics.frechet_distance(a, a + shift * direction) for shift in (0.5, 1.0, 2.0, 4.0)]
     # Same covariance, so only the mean term remains: exactly shift^2.
     np.testing.assert_allclose(distances, [0.25, 1.0, 4.0, 16.0], rtol=1e-6)
 
@@ -60,7 +60,7 @@ def feature_set(f: int):
 @given(st.integers(1, 6).flatmap(lambda f: st.tuples(feature_set(f), feature_set(f))))
 def test_frechet_distance_is_non_negative_and_symmetric(sets):
     a, b = sets
-    ab, ba = features.frechet_distance(a, b), features.frechet_distance(b, a)
+    ab, ba = metrics.frechet_distance(a, b), metrics.frechet_distance(b, a)
     assert ab >= 0 and ba >= 0
     # Rank-deficient covariances (fewer samples than features) make the square root ill-conditioned; the tolerance is
     # relative to the scale of the traces.
@@ -84,37 +84,37 @@ def brute_force_precision_recall(real, fake, k):
 def test_precision_recall_matches_brute_force_and_swaps_roles(seed, n, m, k):
     rng = np.random.default_rng(seed)
     real, fake = rng.normal(size=(n, 3)), rng.normal(0.5, 1.5, size=(m, 3))
-    precision, recall = features.precision_recall(real, fake, k)
+    precision, recall = metrics.precision_recall(real, fake, k)
     assert np.allclose((precision, recall), brute_force_precision_recall(real, fake, k))
     # Recall is precision with the roles of the two sets exchanged.
-    assert np.allclose(features.precision_recall(fake, real, k), (recall, precision))
+    assert np.allclose(metrics.precision_recall(fake, real, k), (recall, precision))
 
 
 def test_precision_recall_in_chunks_matches_brute_force(monkeypatch):
-    monkeypatch.setattr(features, "CHUNK_ELEMENTS", 1000)  # chunks of 3 to 5 rows, the last one shorter
+    monkeypatch.setattr(metrics, "CHUNK_ELEMENTS", 1000)  # chunks of 3 to 5 rows, the last one shorter
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(300, 4)), rng.normal(0.3, 1.2, size=(200, 4))
-    assert np.allclose(features.precision_recall(real, fake), brute_force_precision_recall(real, fake, 3))
+    assert np.allclose(metrics.precision_recall(real, fake), brute_force_precision_recall(real, fake, 3))
 
 
 def test_precision_recall_detect_identical_collapsed_and_distant_samples():
     real = np.random.default_rng(0).normal(size=(1000, 16))
-    assert features.precision_recall(real, real) == (1.0, 1.0)
+    assert metrics.precision_recall(real, real) == (1.0, 1.0)
     # Mode collapse: every fake sample is one of 10 real points (plus a little noise). Each lies on the real
     # manifold (precision stays high) but the fakes cover only a sliver of it (recall falls).
     collapsed = real[np.arange(1000) % 10] + np.random.default_rng(1).normal(0, 0.01, (1000, 16))
-    precision, recall = features.precision_recall(real, collapsed)
+    precision, recall = metrics.precision_recall(real, collapsed)
     assert precision == 1.0 and recall < 0.05
     # Distant samples: nothing generated looks real.
-    precision, recall = features.precision_recall(real, real + 10.0)
+    precision, recall = metrics.precision_recall(real, real + 10.0)
     assert precision == 0.0 and recall == 0.0
 
 
 def test_metrics_reject_mismatched_features():
     with pytest.raises(InputError, match="same F"):
-        features.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
+        metrics.frechet_distance(np.zeros((5, 3)), np.zeros((5, 4)))
     with pytest.raises(InputError, match="at least 4 rows"):
-        features.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)), k=3)
+        metrics.precision_recall(np.zeros((3, 2)), np.zeros((10, 2)), k=3)
 
 
 def test_extract_is_independent_of_the_batch_size(tiny, procedural):

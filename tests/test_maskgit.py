@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsq_ref import maskgit, train
+from fsq_ref import maskgit, maskgit_train, presets, train
 from fsq_ref.errors import InputError
 
 K, CLASSES, GRID = 16, 3, (3, 4)
@@ -23,7 +23,7 @@ S = GRID[0] * GRID[1]
 
 @pytest.fixture(scope="module")
 def config():
-    return maskgit.preset("tiny", codebook_size=K, num_classes=CLASSES, grid=GRID)
+    return presets.maskgit("tiny", codebook_size=K, num_classes=CLASSES, grid=GRID)
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +38,16 @@ def test_vocabulary_layout(config, model):
     assert model.head.out_features == K and model.position.shape == (S + 1, config.dim)
 
 
-@pytest.mark.parametrize("name", sorted(maskgit.MASKGIT_PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.MASKGIT))
 def test_presets_build(name):
-    config = maskgit.preset(name, codebook_size=1000, num_classes=10, grid=(7, 7))
+    config = presets.maskgit(name, codebook_size=1000, num_classes=10, grid=(7, 7))
     # eval_shape: the paper's 24 layers are traced without allocating them.
     model = eqx.filter_eval_shape(maskgit.MaskGIT, config, key=jr.key(0))
     tokens = jax.ShapeDtypeStruct((config.seq_len,), jnp.int32)
     assert eqx.filter_eval_shape(model, tokens, jnp.int32(0)).shape == (49, 1000)
     assert maskgit.MaskGITConfig(**json.loads(json.dumps(dataclasses.asdict(config)))) == config  # as in a header
     with pytest.raises(InputError, match="unknown preset"):
-        maskgit.preset("huge", codebook_size=1000, num_classes=10, grid=(7, 7))
+        presets.maskgit("huge", codebook_size=1000, num_classes=10, grid=(7, 7))
 
 
 @settings(deadline=None)
@@ -89,11 +89,11 @@ def test_loss_counts_masked_positions_only(key):
     logits = jr.normal(logits_key, (2, S, K))
     targets = jr.randint(target_key, (2, S), 0, K)
     masked = jr.bernoulli(mask_key, 0.5, (2, S)).at[0, 0].set(True).at[0, 1].set(False)
-    loss, aux = maskgit.masked_token_loss(logits, targets, masked)
+    loss, aux = maskgit_train.masked_token_loss(logits, targets, masked)
     other_unmasked = targets.at[0, 1].set((targets[0, 1] + 1) % K)
-    assert maskgit.masked_token_loss(logits, other_unmasked, masked)[0] == loss
+    assert maskgit_train.masked_token_loss(logits, other_unmasked, masked)[0] == loss
     other_masked = targets.at[0, 0].set((targets[0, 0] + 1) % K)
-    assert maskgit.masked_token_loss(logits, other_masked, masked)[0] != loss
+    assert maskgit_train.masked_token_loss(logits, other_masked, masked)[0] != loss
     assert 0.0 <= aux["accuracy"] <= 1.0 and aux["nll"] > 0.0
 
 
@@ -107,15 +107,15 @@ def _dataset(n, seed=0):
 
 def test_a_few_steps_overfit_a_handful_of_sequences(config):
     tokens, labels = _dataset(8)
-    state = maskgit.init_train_state(config, maskgit.WEIGHT_DECAY, key=jr.key(1))
-    before = maskgit.evaluate(state.model, tokens, labels, key=jr.key(0))
-    step = maskgit.make_step(maskgit.WEIGHT_DECAY)
+    state = maskgit_train.init_train_state(config, maskgit_train.WEIGHT_DECAY, key=jr.key(1))
+    before = maskgit_train.evaluate(state.model, tokens, labels, key=jr.key(0))
+    step = maskgit_train.make_step(maskgit_train.WEIGHT_DECAY)
     for i in range(40):
         state, stats, hist = step(state, (tokens, labels), jr.key(i), jnp.float32(3e-3))
-    after = maskgit.evaluate(state.model, tokens, labels, key=jr.key(0))
+    after = maskgit_train.evaluate(state.model, tokens, labels, key=jr.key(0))
     assert after["loss"] < 0.5 * before["loss"] and after["accuracy"] > 0.9
     assert hist.dtype == jnp.int32 and hist.shape == (K,) and hist.sum() >= math.ceil(0.45 * S) * 8
-    assert maskgit.evaluate(state.model, tokens, labels, key=jr.key(0), batch_size=3) == pytest.approx(after)
+    assert maskgit_train.evaluate(state.model, tokens, labels, key=jr.key(0), batch_size=3) == pytest.approx(after)
 
 
 def test_generation_inpaints_and_is_deterministic(config, model, key):
@@ -144,12 +144,12 @@ def test_decoding_samples_from_the_logits(config):
 def test_task_trains_with_the_loop_and_loads(config, tmp_path):
     tokens, labels = _dataset(32)
     eval_tokens, eval_labels = _dataset(8, seed=1)
-    task = maskgit.MaskGITTask(config, tokens, labels, eval_tokens=eval_tokens, eval_labels=eval_labels,
-                               batch_size=8, seed=0, weight_decay=maskgit.WEIGHT_DECAY, header={"file": "t.npz"})
-    loop = train.LoopConfig(steps=3, batch_size=8, log_every=1, warmup_steps=1, weight_decay=maskgit.WEIGHT_DECAY)
+    task = maskgit_train.MaskGITTask(config, tokens, labels, eval_tokens=eval_tokens, eval_labels=eval_labels,
+                               batch_size=8, seed=0, weight_decay=maskgit_train.WEIGHT_DECAY, header={"file": "t.npz"})
+    loop = train.LoopConfig(steps=3, batch_size=8, log_every=1, warmup_steps=1, weight_decay=maskgit_train.WEIGHT_DECAY)
     state, result = train.run(task, tmp_path, loop, echo=lambda s: None)
     assert set(result) == {"loss", "nll", "accuracy"} and result == task.evaluate(state, tmp_path)
-    model, header = maskgit.load(tmp_path)
+    model, header = maskgit_train.load(tmp_path)
     assert header["kind"] == "maskgit" and header["step"] == 3
     for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(state.model)):
         np.testing.assert_array_equal(a, b)
@@ -163,6 +163,6 @@ def test_task_rejects_tokens_that_do_not_fit(config):
     tokens, labels = _dataset(8)
     kwargs = dict(eval_tokens=tokens, eval_labels=labels, batch_size=4, seed=0, weight_decay=0.0, header={})
     with pytest.raises(InputError, match="must lie in"):
-        maskgit.MaskGITTask(config, tokens + K, labels, **kwargs)
+        maskgit_train.MaskGITTask(config, tokens + K, labels, **kwargs)
     with pytest.raises(InputError, match=r"\[N, 3, 4\]"):
-        maskgit.MaskGITTask(config, tokens.reshape(8, 4, 3), labels, **kwargs)
+        maskgit_train.MaskGITTask(config, tokens.reshape(8, 4, 3), labels, **kwargs)

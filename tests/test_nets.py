@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fsq_ref.errors import InputError
+from fsq_ref import presets
 from fsq_ref.nets import (
-    AUTOENCODER_PRESETS,
     Autoencoder,
     AutoencoderConfig,
     Transformer,
@@ -29,13 +29,13 @@ def _images(key, config, batch):
 
 
 def test_every_preset_is_tested():
-    assert set(AUTOENCODER_PRESETS) == set(EXPECTED_TOKEN_GRID)
+    assert set(presets.AUTOENCODER) == set(EXPECTED_TOKEN_GRID)
 
 
-@pytest.mark.parametrize("name", sorted(AUTOENCODER_PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.AUTOENCODER))
 def test_preset_shapes_without_running(name, key):
     # eval_shape traces the networks without allocating weights or compiling, so even the ImageNet sizes are cheap.
-    config = AUTOENCODER_PRESETS[name]
+    config = presets.AUTOENCODER[name]
     assert config.token_grid == EXPECTED_TOKEN_GRID[name]
     assert config.token_grid * config.downsample == config.image_size
     model = eqx.filter_eval_shape(Autoencoder, config, LATENT_DIM, key=key)
@@ -49,7 +49,7 @@ def test_preset_shapes_without_running(name, key):
 @pytest.mark.parametrize("name", ["imagenet128", "imagenet256"])
 def test_imagenet_presets_run_a_forward_pass(name, key):
     # The paper's sizes really run (one image; tens of seconds on a CPU, hence slow).
-    config = AUTOENCODER_PRESETS[name]
+    config = presets.AUTOENCODER[name]
     model = Autoencoder(config, LATENT_DIM, key=key)
     x = _images(key, config, batch=1)[0]
     z = eqx.filter_jit(model.encode)(x)
@@ -60,7 +60,7 @@ def test_imagenet_presets_run_a_forward_pass(name, key):
 
 @pytest.mark.parametrize("name", ["tiny", "fashion-mnist"])
 def test_encode_decode_batched(name, key):
-    config = AUTOENCODER_PRESETS[name]
+    config = presets.AUTOENCODER[name]
     model_key, data_key = jr.split(key)
     model = Autoencoder(config, LATENT_DIM, key=model_key)
     x = _images(data_key, config, batch=4)
@@ -78,7 +78,7 @@ def test_encode_decode_batched(name, key):
 
 
 def test_mse_gradient_reaches_every_parameter(key):
-    config = AUTOENCODER_PRESETS["tiny"]
+    config = presets.AUTOENCODER["tiny"]
     model_key, data_key = jr.split(key)
     model = Autoencoder(config, LATENT_DIM, key=model_key)
     x = _images(data_key, config, batch=8)
@@ -116,14 +116,14 @@ def test_invalid_config_raises(fields):
 
 
 def test_encoder_rejects_image_of_wrong_size(key):
-    model = Autoencoder(AUTOENCODER_PRESETS["tiny"], LATENT_DIM, key=key)
+    model = Autoencoder(presets.AUTOENCODER["tiny"], LATENT_DIM, key=key)
     with pytest.raises(InputError, match="not divisible"):
         eqx.filter_eval_shape(model.encode, jax.ShapeDtypeStruct((30, 28, 1), jnp.float32))
 
 
 def test_latent_dim_must_be_positive(key):
     with pytest.raises(InputError, match="latent_dim"):
-        Autoencoder(AUTOENCODER_PRESETS["tiny"], 0, key=key)
+        Autoencoder(presets.AUTOENCODER["tiny"], 0, key=key)
 
 
 @given(st.integers(1, 1024))

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from fsq_ref import checkpoint, data, tokenizer, train
+from fsq_ref import checkpoint, data, presets, tokenizer, train
+from fsq_ref.images import to_unit
+from fsq_ref.quantizers import QuantizerConfig
 
 
 class ToyTask:
@@ -45,17 +47,17 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     loop = train.LoopConfig(steps=50, batch_size=4, log_every=1, checkpoint_every=5, learning_rate=0.1, warmup_steps=1)
     with pytest.raises(train.TrainingDiverged, match="step 12"):
         train.run(ToyTask(nan_at=12), tmp_path, loop, echo=lambda s: None)
-    header = checkpoint.read_header(tmp_path / train.CHECKPOINT)
+    header = checkpoint.read_header(tmp_path / checkpoint.CHECKPOINT)
     assert header["step"] == 10  # the last checkpoint before the loss went bad
     like = ToyTask().init_state(None)
-    _, state = checkpoint.load(tmp_path / train.CHECKPOINT, like)
+    _, state = checkpoint.load(tmp_path / checkpoint.CHECKPOINT, like)
     assert np.isfinite(state["w"]) and int(state["t"]) == 10
 
 
 def test_time_limit_sizes_the_schedule_and_stops(tmp_path):
     loop = train.LoopConfig(time_limit=2.0, batch_size=4, log_every=10)
     state, result = train.run(ToyTask(), tmp_path, loop, echo=lambda s: None)
-    header = checkpoint.read_header(tmp_path / train.CHECKPOINT)
+    header = checkpoint.read_header(tmp_path / checkpoint.CHECKPOINT)
     assert header["total_steps"] > train.CALIBRATION_STEPS and header["step"] <= header["total_steps"]
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records[-1]["split"] == "eval" and records[-1]["w"] == result["w"]
@@ -77,7 +79,7 @@ def test_resume_needs_the_same_dtype(tmp_path):
     with pytest.raises(ValueError, match="other settings"):
         train.run(ToyTask(), tmp_path, train.LoopConfig(steps=3, batch_size=4, dtype="bfloat16"), resume=True)
     # A checkpoint written before `dtype` existed was trained in float32, and resumes in float32.
-    path = tmp_path / train.CHECKPOINT
+    path = tmp_path / checkpoint.CHECKPOINT
     header, state = checkpoint.load(path, ToyTask().init_state(None))
     del header["loop"]["dtype"], header["sha256"]
     checkpoint.save(path, header, state)
@@ -96,7 +98,7 @@ def test_sharded_step_matches_one_device(tmp_path):
     # The same run on 4 (simulated) devices and on 1: the batch is split, the result is the same.
     if jax.device_count() < 4:
         pytest.skip("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
-    config = tokenizer.TokenizerConfig(tokenizer.preset("tiny"), tokenizer.QuantizerConfig("fsq", levels=(5, 5, 5)))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"), QuantizerConfig("fsq", levels=(5, 5, 5)))
     ds = data.load("procedural:64", "train")
     loop = train.LoopConfig(steps=4, batch_size=16, log_every=1, warmup_steps=1)
     results = {}
@@ -118,13 +120,13 @@ def test_sharded_step_matches_one_device(tmp_path):
 def test_sharded_gradient_matches_one_device(key):
     if jax.device_count() < 4:
         pytest.skip("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
-    config = tokenizer.TokenizerConfig(tokenizer.preset("tiny"), tokenizer.QuantizerConfig("fsq", levels=(5, 5, 5)))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"), QuantizerConfig("fsq", levels=(5, 5, 5)))
     model = tokenizer.Tokenizer(config, key=key)
     images = data.load("procedural:64", "train").get(np.arange(16))[0]
 
     @eqx.filter_jit
     def grad(model, images):
-        x = tokenizer.to_unit(images)
+        x = to_unit(images)
         return eqx.filter_grad(lambda m: jnp.mean((m(x, None)[0] - x) ** 2))(model)
 
     one = grad(model, images)

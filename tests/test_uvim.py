@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fsq_ref import dense, dense_tasks, uvim, uvim_train
-from fsq_ref.tokenizer import QuantizerConfig
+from fsq_ref import dense, dense_tasks, presets, uvim, uvim_train
+from fsq_ref.quantizers import QuantizerConfig
 
-TINY = uvim.ORACLE_PRESETS["tiny"]
+TINY = presets.ORACLE["tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_decode_code_of_encode_target_is_the_oracle_reconstruction(task, scenes,
 
 
 def _lm(key, task, codebook_size=4375, length=16):
-    return uvim.GuidingCodeLM(uvim.LM_PRESETS["tiny"], image_size=32, in_channels=task.context_channels,
+    return uvim.GuidingCodeLM(presets.LM["tiny"], image_size=32, in_channels=task.context_channels,
                               code_length=length, codebook_size=codebook_size, key=key)
 
 
@@ -165,7 +165,7 @@ def test_oracle_training_lowers_the_loss(name, scenes):
 
 def test_stage_two_training_learns_the_codes(scenes):
     task = dense_tasks.make("depth", scenes)
-    state = uvim_train.init_lm_state(uvim.LM_PRESETS["tiny"], TINY, task, 1e-4, key=jr.key(0))
+    state = uvim_train.init_lm_state(presets.LM["tiny"], TINY, task, 1e-4, key=jr.key(0))
     step = uvim_train.make_lm_step(task, 1e-4)
     batch = {"image": scenes.images[:8], "code": np.asarray(jr.randint(jr.key(1), (8, 16), 0, 4375), np.int32)}
     first = None

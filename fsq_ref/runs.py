@@ -1,0 +1,135 @@
+"""Run folders after training: what one holds, the data it was trained on, and measuring it.
+
+Every command that reads a trained folder takes its data from here, so that leaving `--data` out means "the data
+this model was trained on" (recorded in the checkpoint header), never a default dataset, and data of another image
+shape is refused rather than silently resized.
+"""
+
+import dataclasses
+import json
+from pathlib import Path
+
+from fsq_ref import checkpoint, data, dense, tokenizer, uvim_eval, uvim_train
+from fsq_ref.errors import InputError
+from fsq_ref.quantizers import QuantizerConfig
+
+
+def recorded_data(header: dict) -> dict:
+    """The data a run was trained on: {"spec", "data_dir" (or None), ...} as the trainer recorded it."""
+    return {"data_dir": None, **header["task"]["data"]}
+
+
+def image_data(header: dict, data_spec: str | None, data_dir: str | None, split: str) -> data.Dataset:
+    """`split` of `data_spec` (default: the tokenizer's training data) at the tokenizer's image shape.
+
+    An in-memory source (Fashion-MNIST, procedural, .npz) whose images are stored at neither the model's shape nor
+    the shape of the data it was trained on is refused: resizing it would measure the model on other data than the
+    user thinks. Image folders are always fitted to the model (their files come in many sizes).
+    """
+    ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
+    trained = recorded_data(header)
+    spec = data_spec or trained["spec"]
+    data_dir = data_dir if data_spec else data_dir or trained["data_dir"]
+    ds = data.load(spec, split, data_dir=data_dir, image_size=ae.image_size, channels=ae.channels)
+    native = getattr(ds, "native_shape", None)
+    if native is not None and native != ds.image_shape and list(native) != trained.get("image_shape"):
+        raise InputError(f"{spec}'s images are {'x'.join(map(str, native))} but this tokenizer takes "
+                         f"{'x'.join(map(str, ds.image_shape))}: give data of that shape (image folders are resized "
+                         "automatically)")
+    return ds
+
+
+def dense_data(header: dict, data_spec: str | None, data_dir: str | None, split: str,
+               limit: int | None = None) -> dense.DenseData:
+    """`split` of `data_spec` (default: the data a UViM stage was trained on) at its oracle's image size."""
+    trained = recorded_data(header)
+    if "oracle" in header["task"]:
+        size = header["task"]["oracle"]["image_size"]
+    else:  # a stage-II folder: the size is its oracle's
+        size = checkpoint.read_run(header["task"]["oracle_dir"], "uvim-oracle")["task"]["oracle"]["image_size"]
+    data_dir = data_dir if data_spec else data_dir or trained["data_dir"]
+    ds = dense.load(data_spec or trained["spec"], split, data_dir=data_dir, size=size, seed=trained["seed"])
+    if not limit:
+        return ds
+    return dataclasses.replace(ds, **{k: None if getattr(ds, k) is None else getattr(ds, k)[:limit]
+                                      for k in ("images", "depth", "semantic", "instance")})
+
+
+def uvim_models(workdir, oracle_dir=None):
+    """(stage II or None, oracle, quantizer state, task, header of `workdir`) of a stage-I or stage-II folder."""
+    if checkpoint.read_run(workdir).get("kind") == "uvim-lm":
+        return uvim_train.load_lm(workdir, oracle_dir)
+    oracle, qstate, task, header = uvim_train.load_oracle(workdir)
+    return None, oracle, qstate, task, header
+
+
+def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = None, split: str = "test",
+             task_name: str | None = None, limit: int | None = None) -> tuple[dict, str, int]:
+    """Measure the model in `workdir` on `split` of `data_spec` (default: its training data).
+
+    A tokenizer: reconstruction L1, MSE, PSNR and codebook usage ({metric: value}). A UViM folder: the task metric
+    and codebook usage of stage II, its oracle and the trivial baseline ({row: {metric: value}}; `uvim_eval`).
+    Returns (results, the data spec used, the number of examples read).
+    """
+    header = checkpoint.read_run(workdir)
+    spec = data_spec or recorded_data(header)["spec"]
+    if header.get("kind", "").startswith("uvim"):
+        lm, oracle, qstate, task, header = uvim_models(workdir)
+        if task_name is not None and task_name != task.name:
+            raise InputError(f"{workdir} was trained for {task.name}, not {task_name}: drop --task or fix it")
+        ds = dense_data(header, data_spec, data_dir, split, limit)
+        return uvim_eval.evaluate(lm, oracle, qstate, task, ds), spec, len(ds)
+    if task_name is not None:
+        raise InputError("--task is for UViM folders; a tokenizer has no task")
+    model, qstate, header = tokenizer.load(workdir)
+    ds = image_data(header, data_spec, data_dir, split)
+    return tokenizer.evaluate(model, qstate, ds), spec, len(ds)
+
+
+def _last_evaluation(workdir: Path) -> dict | None:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if record.get("split") == "eval":
+            last = record
+    return last
+
+
+def describe(workdir) -> dict:
+    """What the run folder `workdir` holds: kind, the command that made it, step, data, model and quantizer settings,
+    and the last evaluation recorded in its metrics.jsonl."""
+    workdir = Path(workdir)
+    header = checkpoint.read_run(workdir)
+    kind, task = header.get("kind"), header.get("task", {})
+    info = {"folder": str(workdir), "kind": kind, "made by": checkpoint.COMMANDS.get(kind, "?"),
+            "step": f"{header.get('step')} of {header.get('total_steps')}",
+            "dtype": header.get("loop", {}).get("dtype", "float32")}
+    if "data" in task:
+        info["data"] = recorded_data(header)["spec"]
+    quantizer = (task.get("tokenizer") or task.get("oracle") or {}).get("quantizer")
+    if quantizer is not None:
+        info["quantizer"] = QuantizerConfig.from_dict(quantizer).describe()
+    if "tokenizer" in task:
+        info["network"] = ", ".join(f"{k} {v}" for k, v in task["tokenizer"]["autoencoder"].items())
+    if kind == "maskgit":
+        config = task["maskgit"]
+        info["tokens"] = (f"{config['grid'][0]}x{config['grid'][1]} grids of {config['codebook_size']} codes, "
+                          f"{config['num_classes']} classes (tokenizer {task['tokens']['tokenizer'][:12]})")
+        info["network"] = ", ".join(f"{k} {config[k]}" for k in ("dim", "depth", "num_heads", "mlp_dim", "dropout"))
+    if kind == "uvim-oracle":
+        info["task"] = task["dense_task"]["name"]
+    if kind == "uvim-lm":
+        info["oracle"] = task["oracle_dir"]
+    info["checkpoint sha256"] = header.get("sha256", "")[:12]
+    last = _last_evaluation(workdir)
+    if last is not None:
+        info["last evaluation"] = "  ".join(
+            f"{k} {v:.4g}" for k, v in last.items() if k not in ("split",) and isinstance(v, (int, float)))
+    return info
+
