@@ -213,3 +213,10 @@ def test_ema_discounts_a_count_down_to_the_floor_and_no_further(seed, decay, log
     frozen = ~discounted & (n == 0)
     np.testing.assert_array_equal(np.asarray(new.counts)[frozen], counts[frozen])
     np.testing.assert_array_equal(np.asarray(new.sums)[frozen], np.asarray(state.sums)[frozen])
+
+
+def test_a_dictionary_that_already_underflowed_gives_zero_codewords_not_nan(key):
+    # A state saved before the floor existed can hold codes with count 0 and sum 0.
+    q = vq.VQ(3, 2, ema_decay=0.995, key=key)
+    state = vq.VQState(jnp.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]), jnp.array([2.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(q.codewords(state), [[0.5, 1.0], [0.0, 0.0], [0.0, 0.0]])
