@@ -1,7 +1,9 @@
 """UViM: the stage-I/stage-II interface, code dropout, stage II's causality and decoding, the task heads, training."""
 
 import dataclasses
+import math
 
+import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -136,6 +138,35 @@ def test_depth_prediction_is_the_expected_bin_centre():
     task = dense_tasks.Depth(max_depth=12.0)
     outputs = jnp.full((1, 1, 1, dense_tasks.DEPTH_BINS), -1e9).at[0, 0, 0, 10].set(0.0)
     assert float(task.predict(outputs)["depth"][0, 0, 0]) == pytest.approx(10.5 * 12.0 / dense_tasks.DEPTH_BINS)
+
+
+_INVALID_DEPTH = st.sampled_from([0.0, -1.0, np.nan, np.inf])
+
+
+@given(
+    true=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.125, 10.0, width=32) | _INVALID_DEPTH),
+    pred=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.0, 12.0, width=32)),
+)
+@settings(deadline=None, max_examples=40)
+def test_depth_metrics_count_only_pixels_with_a_valid_true_depth(true, pred):
+    # Holes in the ground truth (zero: missing in 16-bit PNGs; negative or not finite) are left out of both metrics.
+    metric = dense_tasks.Depth(max_depth=12.0).metric()
+    for i in range(2):  # two batches: the sums carry over
+        metric.update({"depth": pred[i]}, {"depth": true[i]})
+    got = metric.result()
+    t, p = true.astype(np.float64).ravel(), pred.astype(np.float64).ravel()
+    keep = [i for i in range(t.size) if math.isfinite(t[i]) and t[i] > 0]
+    if not keep:
+        assert math.isnan(got["rmse"]) and math.isnan(got["abs_rel"])
+        return
+    rmse = math.sqrt(sum((p[i] - t[i]) ** 2 for i in keep) / len(keep))
+    abs_rel = sum(abs(p[i] - t[i]) / t[i] for i in keep) / len(keep)
+    assert got["rmse"] == pytest.approx(rmse, rel=1e-12, abs=1e-12)
+    assert got["abs_rel"] == pytest.approx(abs_rel, rel=1e-12, abs=1e-12)
+    # A prediction equal to the truth wherever it was measured scores 0 on both, whatever it says in the holes.
+    perfect = dense_tasks.Depth(max_depth=12.0).metric()
+    perfect.update({"depth": np.where(np.isfinite(true) & (true > 0), true, pred)}, {"depth": true})
+    assert perfect.result() == {"rmse": 0.0, "abs_rel": 0.0}
 
 
 def test_colour_distance_sees_washed_out_colour(scenes):
