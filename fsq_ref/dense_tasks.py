@@ -127,17 +127,27 @@ class Depth:
 
 
 class _DepthMetric:
+    """RMSE and AbsRel over the pixels whose true depth is valid (finite and > 0), as UViM evaluates NYU depth.
+
+    Depth maps have holes where the sensor saw nothing (0 in NYU's and most 16-bit PNGs): there AbsRel would divide
+    by zero and RMSE would score a prediction against a depth nobody measured. With no valid pixel, both are NaN.
+    """
+
     def __init__(self):
         self.sq = self.rel = 0.0
         self.pixels = 0
 
     def update(self, prediction, batch):
         pred, true = np.asarray(prediction["depth"], np.float64), np.asarray(batch["depth"], np.float64)
+        valid = np.isfinite(true) & (true > 0)
+        pred, true = pred[valid], true[valid]
         self.sq += float(np.sum((pred - true) ** 2))
         self.rel += float(np.sum(np.abs(pred - true) / true))
         self.pixels += true.size
 
     def result(self):
+        if not self.pixels:
+            return {"rmse": math.nan, "abs_rel": math.nan}
         return {"rmse": math.sqrt(self.sq / self.pixels), "abs_rel": self.rel / self.pixels}
 
 

@@ -68,6 +68,11 @@ def entropy_loss(logits: Float[Array, "N K"]) -> Float[Array, ""]:
     return per_latent - of_average
 
 
+# The smallest discounted count `ema_update` lets a code decay to (see there). Far above float32's smallest normal
+# number (1.2e-38), so a sum of `MIN_COUNT` times a codeword component stays exact for components down to ~1e-26.
+MIN_COUNT = 1e-12
+
+
 def ema_update(
     state: VQState, x: Float[Array, "N D"], indices: Int[Array, " N"], decay: float, axis_name: str | None = None
 ) -> VQState:
@@ -77,6 +82,12 @@ def ema_update(
     codeword and the mean of the latents assigned to it. Counts and sums are totals over the global batch: under
     `jax.jit` with a sharded batch the sums below already are; under `shard_map`/`pmap`, give the batch's
     `axis_name` and they are summed across devices, so every replica makes the same update.
+
+    A code that no latent picks for a long time is discounted geometrically: at decay 0.995 its count would reach
+    float32 zero after ~17k steps (XLA flushes subnormals) and its codeword would become 0/0 = NaN, which `argmin`
+    then picks for every latent. So a code whose count would fall below `MIN_COUNT` is not discounted at all: its sum
+    and count stay as they are, and so does its codeword, exactly. Its weight against new data is then at most
+    `MIN_COUNT / decay`, so the first latents assigned to it again replace it as they would have without the floor.
     """
     K = state.counts.shape[0]
     one_hot = jax.nn.one_hot(indices, K, dtype=jnp.float32)  # [N, K]
@@ -85,7 +96,8 @@ def ema_update(
     if axis_name is not None:
         batch_counts = jax.lax.psum(batch_counts, axis_name)
         batch_sums = jax.lax.psum(batch_sums, axis_name)
-    return VQState(state.sums * decay + batch_sums, state.counts * decay + batch_counts)
+    discount = jnp.where(state.counts * decay < MIN_COUNT, 1.0, decay)
+    return VQState(state.sums * discount[:, None] + batch_sums, state.counts * discount + batch_counts)
 
 
 def split_dead_codes(state: VQState, threshold: float, key: PRNGKeyArray, perturbation: float = 1e-3) -> VQState:
@@ -178,7 +190,9 @@ class VQ(eqx.Module):
         else:
             if state is None:
                 raise InputError("this VQ keeps an EMA dictionary: pass the state from vq.init_state(key=...)")
-            codebook = state.sums / state.counts[:, None]
+            # `ema_update` keeps counts >= MIN_COUNT; the maximum only covers a state that underflowed before it
+            # did (an old checkpoint): its codes come out as zero vectors, not NaN.
+            codebook = state.sums / jnp.maximum(state.counts, MIN_COUNT)[:, None]
         return _normalize(codebook) if self.l2_normalize else codebook
 
     def __call__(

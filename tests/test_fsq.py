@@ -149,13 +149,15 @@ def test_channel_mismatch_is_rejected_clearly():
 
 
 def test_levels_for_matches_the_paper_table():
-    # The "actual size" row of the paper's Table 1.
+    # Levels per target codebook size, copied from the paper (Table 1 and appendix A.4.1; 2^12 as in Table 1), and
+    # the "actual size" row of Table 1.
+    paper = {16: (5, 3), 64: (8, 8), 256: (8, 6, 5), 512: (8, 8, 8), 1024: (8, 5, 5, 5), 2048: (8, 8, 6, 5),
+             4096: (7, 5, 5, 5, 5), 16384: (8, 8, 8, 6, 5), 65536: (8, 8, 8, 5, 5, 5)}
     actual = {16: 15, 64: 64, 256: 240, 512: 512, 1024: 1000, 2048: 1920, 4096: 4375, 16384: 15360, 65536: 64000}
-    assert set(fsq.RECOMMENDED_LEVELS) == set(actual)
-    for size, levels in fsq.RECOMMENDED_LEVELS.items():
+    assert set(fsq.RECOMMENDED_LEVELS) == set(paper)
+    for size, levels in paper.items():
         assert fsq.levels_for(size) == levels
-        assert fsq.codebook_size(levels) == actual[size]
-    assert fsq.levels_for(1024) == (8, 5, 5, 5)
+        assert fsq.codebook_size(fsq.levels_for(size)) == actual[size]
     with pytest.raises(ValueError, match="1000"):
         fsq.levels_for(1000)
 

@@ -54,14 +54,57 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert np.isfinite(state["w"]) and int(state["t"]) == 10
 
 
-def test_time_limit_sizes_the_schedule_and_stops(tmp_path):
+class StepClock:
+    """A fake `time` module for train.py: the clock reads the summed cost of the steps taken so far."""
+
+    def __init__(self, cost):
+        self.cost, self.steps, self.now = cost, 0, 0.0
+
+    def perf_counter(self):
+        return self.now
+
+    def tick(self):
+        self.steps += 1
+        self.now += self.cost(self.steps)
+
+
+class ClockedToyTask(ToyTask):
+    def __init__(self, clock):
+        super().__init__()
+        self.clock = clock
+
+    def step(self, *args):
+        out = super().step(*args)
+        self.clock.tick()
+        return out
+
+
+@pytest.mark.parametrize("slowdown, last_step, stopped_by_clock", [(1, 93, False), (2, 64, True)])
+def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slowdown, last_step, stopped_by_clock):
+    # Step 1 costs 0.5 s (compilation), the next ones 1/64 s (binary fractions: the sums are exact), and after the
+    # calibration steps each one costs `slowdown` times that (the machine got busy).
+    tick = 1 / 64
+    clock = StepClock(lambda i: 0.5 if i == 1 else tick if i <= train.CALIBRATION_STEPS else slowdown * tick)
+    monkeypatch.setattr(train, "time", clock)
+    messages = []
     loop = train.LoopConfig(time_limit=2.0, batch_size=4, log_every=10)
-    state, result = train.run(ToyTask(), tmp_path, loop, echo=lambda s: None)
+    _, result = train.run(ClockedToyTask(clock), tmp_path, loop, echo=messages.append)
+
+    # Steps 11-30 took 20 ticks: 1 tick a step. At step 30 the clock reads 0.5 + 29 ticks = 61 ticks of the 128 in
+    # 2 s, leaving 67; 95% of them is 63.65, so 63 more steps: a schedule of 93.
     header = checkpoint.read_header(tmp_path / checkpoint.CHECKPOINT)
-    assert header["total_steps"] > train.CALIBRATION_STEPS and header["step"] <= header["total_steps"]
+    assert header["total_steps"] == 93
+    # At full speed the schedule ends first (step 93: 124 ticks); at half speed the clock reaches 128 ticks at step
+    # 64 (61 + 2 * 34 = 129 ticks, step 63 being at 127) and the run stops there.
+    assert header["step"] == clock.steps == last_step
+    assert any(f"reached at step {last_step}" in m for m in messages) == stopped_by_clock
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert records[-1]["split"] == "eval" and records[-1]["w"] == result["w"]
-    assert max(r.get("seconds", 0) for r in records) < 2.5
+    assert records[-1] == {"step": last_step, "split": "eval", "w": result["w"]}
+    # Every 10th step and the end of a completed schedule are logged, with the seconds the clock read then.
+    times = np.cumsum([clock.cost(i) for i in range(1, last_step + 1)])
+    logged = [(r["step"], r["seconds"]) for r in records if r["split"] == "train"]
+    expected_steps = [*range(10, last_step + 1, 10)] + ([] if stopped_by_clock else [last_step])
+    assert logged == [(s, round(float(times[s - 1]), 2)) for s in expected_steps]
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path):

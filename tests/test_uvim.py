@@ -1,7 +1,9 @@
 """UViM: the stage-I/stage-II interface, code dropout, stage II's causality and decoding, the task heads, training."""
 
 import dataclasses
+import math
 
+import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -27,13 +29,32 @@ def task(request, scenes):
 
 
 @given(seed=st.integers(0, 2**31 - 1), batch=st.integers(1, 8), grid=st.integers(1, 5))
-@settings(deadline=None, max_examples=25)
-def test_code_dropout_keeps_a_random_fraction_at_random_places(seed, batch, grid):
+@settings(deadline=None, max_examples=15)
+def test_code_dropout_is_a_function_of_the_key(seed, batch, grid):
     keep = np.asarray(uvim.code_dropout_mask(jr.key(seed), batch, grid))
     assert keep.shape == (batch, grid, grid) and keep.dtype == bool
-    # The threshold draws a fraction per example; the count kept is that of `importance > u` for some u.
-    counts = keep.reshape(batch, -1).sum(axis=1)
-    assert np.all((counts >= 0) & (counts <= grid * grid))
+    # A training step is reproducible (and resumable) only if the mask depends on nothing but the key.
+    np.testing.assert_array_equal(uvim.code_dropout_mask(jr.key(seed), batch, grid), keep)
+
+
+def test_code_dropout_keeps_a_uniform_count_at_uniformly_random_places():
+    # With S = 4 tokens, example b keeps the tokens whose importance (4/5, 3/5, 2/5, 1/5) exceeds u_b ~ U[0, 1]: 0 to
+    # 4 of them, each count with probability 1/5, and given the count, each set of positions equally likely. Fixed
+    # keys make this deterministic; the bounds are ~5 standard deviations of the sampling error.
+    n, grid = 6000, 2
+    keep = np.asarray(uvim.code_dropout_mask(jr.key(0), n, grid)).reshape(n, -1)
+    counts = keep.sum(axis=1)
+    np.testing.assert_allclose(np.bincount(counts, minlength=5) / n, 0.2, atol=0.025)
+    # Each example draws its own fraction: the counts of neighbouring examples are uncorrelated.
+    assert abs(np.corrcoef(counts[:-1], counts[1:])[0, 1]) < 0.06
+    for c in (1, 2, 3):
+        subsets = keep[counts == c]
+        _, freq = np.unique(subsets, axis=0, return_counts=True)
+        assert len(freq) == math.comb(4, c)  # every set of c positions occurs, equally often
+        np.testing.assert_allclose(freq / len(subsets), 1 / math.comb(4, c), atol=5 * (0.25 / len(subsets)) ** 0.5)
+    # Another key, another mask: two keys agree on an example's whole mask only by chance (p = 0.107 here).
+    other = np.asarray(uvim.code_dropout_mask(jr.key(1), n, grid)).reshape(n, -1)
+    assert np.mean(np.all(keep == other, axis=1)) < 0.107 + 0.02
 
 
 def test_code_dropout_fraction_is_uniform_over_many_examples():
@@ -136,6 +157,35 @@ def test_depth_prediction_is_the_expected_bin_centre():
     task = dense_tasks.Depth(max_depth=12.0)
     outputs = jnp.full((1, 1, 1, dense_tasks.DEPTH_BINS), -1e9).at[0, 0, 0, 10].set(0.0)
     assert float(task.predict(outputs)["depth"][0, 0, 0]) == pytest.approx(10.5 * 12.0 / dense_tasks.DEPTH_BINS)
+
+
+_INVALID_DEPTH = st.sampled_from([0.0, -1.0, np.nan, np.inf])
+
+
+@given(
+    true=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.125, 10.0, width=32) | _INVALID_DEPTH),
+    pred=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.0, 12.0, width=32)),
+)
+@settings(deadline=None, max_examples=40)
+def test_depth_metrics_count_only_pixels_with_a_valid_true_depth(true, pred):
+    # Holes in the ground truth (zero: missing in 16-bit PNGs; negative or not finite) are left out of both metrics.
+    metric = dense_tasks.Depth(max_depth=12.0).metric()
+    for i in range(2):  # two batches: the sums carry over
+        metric.update({"depth": pred[i]}, {"depth": true[i]})
+    got = metric.result()
+    t, p = true.astype(np.float64).ravel(), pred.astype(np.float64).ravel()
+    keep = [i for i in range(t.size) if math.isfinite(t[i]) and t[i] > 0]
+    if not keep:
+        assert math.isnan(got["rmse"]) and math.isnan(got["abs_rel"])
+        return
+    rmse = math.sqrt(sum((p[i] - t[i]) ** 2 for i in keep) / len(keep))
+    abs_rel = sum(abs(p[i] - t[i]) / t[i] for i in keep) / len(keep)
+    assert got["rmse"] == pytest.approx(rmse, rel=1e-12, abs=1e-12)
+    assert got["abs_rel"] == pytest.approx(abs_rel, rel=1e-12, abs=1e-12)
+    # A prediction equal to the truth wherever it was measured scores 0 on both, whatever it says in the holes.
+    perfect = dense_tasks.Depth(max_depth=12.0).metric()
+    perfect.update({"depth": np.where(np.isfinite(true) & (true > 0), true, pred)}, {"depth": true})
+    assert perfect.result() == {"rmse": 0.0, "abs_rel": 0.0}
 
 
 def test_colour_distance_sees_washed_out_colour(scenes):

@@ -137,3 +137,86 @@ def test_bad_configuration_is_rejected_clearly(key):
         vq.VQ(8, 2, key=key)(jnp.zeros((3, 5)))
     with pytest.raises(ValueError, match="init_state"):
         vq.VQ(8, 2, ema_decay=0.9, key=key)(jnp.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("l2_normalize", [False, True])
+def test_a_code_never_assigned_for_30k_ema_steps_keeps_a_finite_codeword(l2_normalize, key):
+    # UViM's decay without splitting: code 3 points away from all the data, so nothing is ever assigned to it and,
+    # unguarded, its count and sum underflow to 0 (0/0 = NaN, which argmin picks for every latent).
+    q = vq.VQ(4, 2, ema_decay=0.995, l2_normalize=l2_normalize, key=key)
+    start = vq.VQState(jnp.array([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0], [0.0, -5.0]]), jnp.ones(4))
+    centres = np.array([[2.0, 0.0], [0.0, 2.0], [-2.0, 0.0]], np.float32)
+    offsets = np.array([[0.3, 0.2], [-0.2, 0.3], [0.1, -0.3], [-0.3, -0.1]], np.float32)
+    batch = jnp.asarray((centres[:, None] + offsets[None]).reshape(-1, 2))  # 4 latents around each of codes 0-2
+
+    def step(state, _):
+        out, state = q(batch, state, train=True)
+        return state, (jnp.all(jnp.isfinite(q.codewords(state))), jnp.sum(out.indices == 3))
+
+    state, (finite, picked_3) = jax.jit(lambda s: jax.lax.scan(step, s, None, length=30_000))(start)
+    # At every step (an unguarded NaN would be picked by every latent once, then replaced by their mean).
+    assert np.all(finite) and not np.any(picked_3)
+    codebook = np.asarray(q.codewords(state))
+    assert np.all(np.isfinite(codebook)) and np.all(np.asarray(state.counts) > 0)
+    # The unused code is where it started (up to the float32 rounding of the discounting before it froze).
+    np.testing.assert_allclose(codebook[3], q.codewords(start)[3], rtol=1e-4)
+
+    # Latents near codes 0-2 never pick code 3.
+    probes = jnp.asarray(np.repeat(centres, 50, axis=0)) + 0.5 * jr.uniform(jr.key(1), (150, 2), minval=-1.0)
+    out, _ = q(probes, state)
+    np.testing.assert_array_equal(out.indices, np.repeat([0, 1, 2], 50))
+
+    # The used codes sit at the mean of their latents: the starting codewords have been forgotten.
+    x = np.asarray(batch)
+    if l2_normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for k in range(3):
+        mean = x[4 * k:4 * k + 4].mean(axis=0)
+        if l2_normalize:
+            mean = mean / np.linalg.norm(mean)
+        np.testing.assert_allclose(codebook[k], mean, rtol=1e-5, atol=1e-6)
+
+    # The frozen code is revived by the first latents assigned to it: its old codeword weighs ~MIN_COUNT.
+    near_3 = jnp.array([[0.4, -3.0], [-0.2, -4.0]])
+    _, revived = q(near_3, state, train=True)
+    expected = np.asarray(near_3)
+    if l2_normalize:
+        expected = expected / np.linalg.norm(expected, axis=1, keepdims=True)
+    expected = expected.mean(axis=0)
+    if l2_normalize:
+        expected = expected / np.linalg.norm(expected)
+    np.testing.assert_allclose(q.codewords(revived)[3], expected, rtol=1e-6)
+
+
+@settings(deadline=None, max_examples=30)
+@given(
+    st.integers(0, 2**31 - 1),
+    st.floats(0.5, 0.9999),
+    # log10 of the counts, often right at the floor (1e-12) or within one discount of it.
+    hnp.arrays(np.float32, (6,), elements=st.sampled_from([-12.0, -11.9]) | st.floats(-12, 4, width=32)),
+)
+def test_ema_discounts_a_count_down_to_the_floor_and_no_further(seed, decay, log10_counts):
+    counts = np.maximum(10.0 ** log10_counts, vq.MIN_COUNT).astype(np.float32)
+    k1, k2 = jr.split(jr.key(seed))
+    state = vq.VQState(jr.normal(k1, (6, 3)) * jnp.asarray(counts)[:, None], jnp.asarray(counts))
+    x = jr.normal(k2, (5, 3))
+    indices = jnp.array([0, 0, 1, 2, 2], jnp.int32)  # codes 3-5 get nothing
+    new = vq.ema_update(state, x, indices, decay)
+    n = np.array([2, 1, 2, 0, 0, 0], np.float32)
+    sums = np.array([x[0] + x[1], x[2], x[3] + x[4], np.zeros(3), np.zeros(3), np.zeros(3)], np.float32)
+    discounted = np.float32(counts * np.float32(decay)) >= vq.MIN_COUNT
+    factor = np.where(discounted, np.float32(decay), np.float32(1.0))
+    np.testing.assert_allclose(new.counts, counts * factor + n, rtol=1e-6)
+    np.testing.assert_allclose(new.sums, np.asarray(state.sums) * factor[:, None] + sums, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(new.counts) >= vq.MIN_COUNT)
+    # An unassigned code below the floor is left exactly as it was, codeword included.
+    frozen = ~discounted & (n == 0)
+    np.testing.assert_array_equal(np.asarray(new.counts)[frozen], counts[frozen])
+    np.testing.assert_array_equal(np.asarray(new.sums)[frozen], np.asarray(state.sums)[frozen])
+
+
+def test_a_dictionary_that_already_underflowed_gives_zero_codewords_not_nan(key):
+    # A state saved before the floor existed can hold codes with count 0 and sum 0.
+    q = vq.VQ(3, 2, ema_decay=0.995, key=key)
+    state = vq.VQState(jnp.array([[1.0, 2.0], [0.0, 0.0], [0.0, 0.0]]), jnp.array([2.0, 0.0, 0.0]))
+    np.testing.assert_array_equal(q.codewords(state), [[0.5, 1.0], [0.0, 0.0], [0.0, 0.0]])
