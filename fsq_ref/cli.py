@@ -54,6 +54,8 @@ class FsqGroup(click.Group):
             return super().invoke(ctx)
         except InputError as e:
             raise BadInput(str(e)) from None
+        except click.UsageError as e:  # a subcommand's bad option: one line, as for any other bad input
+            raise BadInput(e.format_message()) from None
         except train.TrainingDiverged as e:
             raise click.ClickException(str(e)) from None
 

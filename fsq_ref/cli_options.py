@@ -50,7 +50,7 @@ def with_data_options(*, default: str | None, help_default: str | None = None):
     return with_options([
         click.option("--data", "data_spec", default=default, show_default=default is not None,
                      help="fashion-mnist, procedural[:N], a .npz file, or a folder of images" + shown),
-        click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+        click.option("--data-dir", default=None,
                      help="folder with the Fashion-MNIST IDX files (else $FSQ_DATA_DIR, then "
                           "/usr/share/datasets/fashion-mnist)"),
     ])

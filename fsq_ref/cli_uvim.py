@@ -35,7 +35,7 @@ with_dense_data_options = with_options([
                  help="scenes[:N[:M]] (procedural, built in; N train, M test examples), "
                       "fashion-mnist-panoptic[:N[:M]], or a folder of pairs (see `fsq_ref/dense.py`); default for "
                       "training: scenes; else the data the model was trained on"),
-    click.option("--data-dir", default=None, type=click.Path(exists=True, file_okay=False),
+    click.option("--data-dir", default=None,
                  help="folder with the Fashion-MNIST IDX files"),
 ])
 

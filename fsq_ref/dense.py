@@ -132,6 +132,9 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
     """
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise InputError(f"--data-dir {data_dir} is not a folder: give the folder that holds the Fashion-MNIST IDX "
+                         "files, or leave it out")
     if size < 1 or seed < 0:
         raise InputError(f"size must be >= 1 and seed >= 0; got size={size}, seed={seed}")
     name, *counts = spec.split(":")

@@ -22,6 +22,7 @@ The host waits for the device only at logging intervals: steps are dispatched as
 next batch is assembled and sent to the devices while the current step computes.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,7 +40,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from fsq_ref import checkpoint, distributed, metrics, precision, progress
+from fsq_ref import checkpoint, distributed, metrics, precision, progress, runlock
 from fsq_ref.errors import InputError
 
 CALIBRATION_STEPS = 30  # timed to size a time-limited schedule; the warm-up always covers them
@@ -188,9 +189,14 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
         echo: Callable[[str], None] = progress.say) -> tuple[object, dict | None]:
     """Train `task` in `workdir` on `devices` (default: all); returns (final state, final evaluation).
 
-    The evaluation is None when the run was interrupted (Ctrl-C): it saved its state and can be resumed.
+    The evaluation is None when the run was interrupted (Ctrl-C): it saved its state and can be resumed. A folder in
+    which another run is alive is refused (`runlock`; process 0 holds the lock for all processes).
     """
-    workdir = Path(workdir)
+    with runlock.hold(workdir) if distributed.is_main() else contextlib.nullcontext():
+        return _run(task, Path(workdir), loop, resume, devices, echo)
+
+
+def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, devices, echo) -> tuple[object, dict | None]:
     path = workdir / checkpoint.CHECKPOINT
     mesh = data_mesh(devices)
     if loop.batch_size % mesh.size:
