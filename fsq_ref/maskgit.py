@@ -34,7 +34,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref import data
 from fsq_ref.errors import InputError
-from fsq_ref.nets import Transformer
+from fsq_ref.transformer import Transformer
 
 MIN_MASKED_FRACTION = 0.45  # the FSQ paper's lower bound on the masked fraction during training
 # r ~ U[R_MIN, 1] masks cos(pi/2 * (1 - r)) of the tokens: at least MIN_MASKED_FRACTION (R_MIN is about 0.297).

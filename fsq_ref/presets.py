@@ -9,7 +9,8 @@ import dataclasses
 
 from fsq_ref.errors import InputError
 from fsq_ref.maskgit import MaskGITConfig
-from fsq_ref.nets import AutoencoderConfig, TransformerSize
+from fsq_ref.nets import AutoencoderConfig
+from fsq_ref.transformer import TransformerSize
 from fsq_ref.uvim import LMConfig, OracleConfig
 
 AUTOENCODER: dict[str, AutoencoderConfig] = {

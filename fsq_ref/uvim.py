@@ -35,7 +35,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref import fsq, vq
 from fsq_ref.errors import InputError
-from fsq_ref.nets import Decoder, Encoder, Transformer, causal_mask
+from fsq_ref.nets import Decoder, Encoder
+from fsq_ref.transformer import Transformer, causal_mask
 from fsq_ref.quantizers import QuantizerConfig
 
 START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1

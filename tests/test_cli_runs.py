@@ -8,26 +8,14 @@ import sys
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import fsq_ref
 from fsq_ref import fsq, quantizers, runlock
-from fsq_ref.cli import main
 from fsq_ref.errors import InputError
+from test_cli import assert_bad_input, invoke
 
 FOLDER_IMAGES = 40
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def assert_bad_input(result, message):
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")

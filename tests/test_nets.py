@@ -10,14 +10,8 @@ from hypothesis import strategies as st
 
 from fsq_ref.errors import InputError
 from fsq_ref import presets
-from fsq_ref.nets import (
-    Autoencoder,
-    AutoencoderConfig,
-    Transformer,
-    TransformerBlock,
-    _num_groups,
-    causal_mask,
-)
+from fsq_ref.nets import Autoencoder, AutoencoderConfig, _num_groups
+from fsq_ref.transformer import Transformer, TransformerBlock, causal_mask
 
 LATENT_DIM = 4  # e.g. FSQ levels [8, 5, 5, 5]
 EXPECTED_TOKEN_GRID = {"tiny": 7, "fashion-mnist": 7, "fashion-mnist-14x14": 14, "imagenet128": 8, "imagenet256": 16}

@@ -1,0 +1,207 @@
+"""Transformer blocks (pre-LayerNorm, GELU MLP, optional cross-attention) for MaskGIT's bidirectional token model and
+UViM's encoder-decoder.
+
+Every module here works on ONE sequence; callers `jax.vmap` over the batch.
+
+Dimension letters: S sequence length, T context length (cross-attention), F model width.
+"""
+
+import dataclasses
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from fsq_ref.errors import InputError
+
+
+def causal_mask(seq_len: int) -> Bool[Array, "S S"]:
+    """`mask[i, j]` is True where position i may attend to position j, i.e. j <= i."""
+    return jnp.tril(jnp.ones((seq_len, seq_len), dtype=bool))
+
+
+class FeedForward(eqx.Module):
+    """Position-wise MLP: Linear -> GELU -> Linear."""
+
+    hidden: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __init__(self, dim: int, mlp_dim: int, *, key: PRNGKeyArray):
+        hidden_key, out_key = jr.split(key)
+        self.hidden = eqx.nn.Linear(dim, mlp_dim, key=hidden_key)
+        self.out = eqx.nn.Linear(mlp_dim, dim, key=out_key)
+
+    def __call__(self, x: Float[Array, "S F"]) -> Float[Array, "S F"]:
+        return jax.vmap(self.out)(jax.nn.gelu(jax.vmap(self.hidden)(x)))
+
+
+class TransformerBlock(eqx.Module):
+    """Pre-LayerNorm block: self-attention, optional cross-attention to a context, MLP; each one a residual branch."""
+
+    self_norm: eqx.nn.LayerNorm
+    self_attn: eqx.nn.MultiheadAttention
+    cross_norm: eqx.nn.LayerNorm | None
+    cross_attn: eqx.nn.MultiheadAttention | None
+    mlp_norm: eqx.nn.LayerNorm
+    mlp: FeedForward
+    dropout: eqx.nn.Dropout
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        dropout: float,
+        cross_attention: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if dim % num_heads:
+            raise InputError(f"dim must be a multiple of num_heads; got dim={dim}, num_heads={num_heads}")
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(f"dropout must be in [0, 1); got {dropout}")
+        self_key, cross_key, mlp_key = jr.split(key, 3)
+
+        def attention(attn_key):
+            return eqx.nn.MultiheadAttention(
+                num_heads,
+                dim,
+                use_query_bias=True,
+                use_key_bias=True,
+                use_value_bias=True,
+                use_output_bias=True,
+                dropout_p=dropout,
+                key=attn_key,
+            )
+
+        self.self_norm = eqx.nn.LayerNorm(dim)
+        self.self_attn = attention(self_key)
+        self.cross_norm = eqx.nn.LayerNorm(dim) if cross_attention else None
+        self.cross_attn = attention(cross_key) if cross_attention else None
+        self.mlp_norm = eqx.nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, mlp_dim, key=mlp_key)
+        self.dropout = eqx.nn.Dropout(dropout)
+
+    def __call__(
+        self,
+        x: Float[Array, "S F"],
+        *,
+        context: Float[Array, "T F"] | None = None,
+        mask: Bool[Array, "S S"] | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool = False,
+    ) -> Float[Array, "S F"]:
+        """Apply the block to one sequence.
+
+        Args:
+            x: the sequence, [S, F].
+            context: [T, F], attended to by cross-attention; required exactly when built with `cross_attention=True`.
+            mask: [S, S], `mask[i, j]` True where position i may attend to j (e.g. `causal_mask(S)`); None: all.
+            key: randomness for dropout; without one, dropout is off.
+            inference: turn dropout off.
+
+        Returns:
+            The updated sequence, [S, F].
+        """
+        if (context is None) != (self.cross_attn is None):
+            has = "None" if context is None else "an array"
+            raise InputError(
+                "pass `context` exactly when the block was built with cross_attention=True; "
+                f"got context={has}, cross_attention={self.cross_attn is not None}"
+            )
+        # Dropout draws random masks, so without a key it can only be the identity.
+        inference = inference or key is None
+        self_key, cross_key, mlp_key = (None, None, None) if inference else jr.split(key, 3)
+
+        h = jax.vmap(self.self_norm)(x)
+        x = x + self._attend(self.self_attn, h, h, mask, self_key, inference)
+        if self.cross_attn is not None:
+            # The context is attended to as given: it is the output of another stack, which ends in its own LayerNorm.
+            h = jax.vmap(self.cross_norm)(x)
+            x = x + self._attend(self.cross_attn, h, context, None, cross_key, inference)
+        h = self.mlp(jax.vmap(self.mlp_norm)(x))
+        return x + self.dropout(h, key=mlp_key, inference=inference)
+
+    def _attend(
+        self,
+        attn: eqx.nn.MultiheadAttention,
+        query: Float[Array, "S F"],
+        context: Float[Array, "T F"],
+        mask: Bool[Array, "S T"] | None,
+        key: PRNGKeyArray | None,
+        inference: bool,
+    ) -> Float[Array, "S F"]:
+        # One key for dropout on the attention weights, one for dropout on the branch's output.
+        attn_key, out_key = (None, None) if key is None else jr.split(key)
+        out = attn(query, context, context, mask=mask, key=attn_key, inference=inference)
+        return self.dropout(out, key=out_key, inference=inference)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerSize:
+    """The sizes of a `Transformer` (MaskGIT's presets are these)."""
+
+    dim: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout: float
+
+
+class Transformer(eqx.Module):
+    """A stack of `TransformerBlock`s and a final LayerNorm (needed because the blocks are pre-norm)."""
+
+    blocks: TransformerBlock  # all `depth` blocks in one: every array has a leading `depth` axis
+    norm: eqx.nn.LayerNorm
+    depth: int = eqx.field(static=True)
+
+    def __init__(
+        self,
+        *,
+        depth: int,
+        dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        dropout: float,
+        cross_attention: bool = False,
+        key: PRNGKeyArray,
+    ):
+        if depth < 1:
+            raise InputError(f"depth must be >= 1; got {depth}")
+        # The blocks are stored stacked (every array gains a leading `depth` axis) and run with `lax.scan`, so the
+        # network compiles one block however deep it is.
+        self.blocks = eqx.filter_vmap(
+            lambda block_key: TransformerBlock(
+                dim=dim,
+                num_heads=num_heads,
+                mlp_dim=mlp_dim,
+                dropout=dropout,
+                cross_attention=cross_attention,
+                key=block_key,
+            )
+        )(jr.split(key, depth))
+        self.norm = eqx.nn.LayerNorm(dim)
+        self.depth = depth
+
+    def __call__(
+        self,
+        x: Float[Array, "S F"],
+        *,
+        context: Float[Array, "T F"] | None = None,
+        mask: Bool[Array, "S S"] | None = None,
+        key: PRNGKeyArray | None = None,
+        inference: bool = False,
+    ) -> Float[Array, "S F"]:
+        """Same arguments as `TransformerBlock.__call__`; each block gets its own dropout key."""
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+        block_keys = None if inference or key is None else jr.split(key, self.depth)
+
+        def step(x, block_params_and_key):
+            block_params, block_key = block_params_and_key
+            block = eqx.combine(block_params, static)
+            return block(x, context=context, mask=mask, key=block_key, inference=inference), None
+
+        x, _ = jax.lax.scan(step, x, (params, block_keys))
+        return jax.vmap(self.norm)(x)
