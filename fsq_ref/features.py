@@ -1,7 +1,7 @@
 """Sample quality of generated images, measured in the feature space of a small classifier trained here.
 
 The paper scores its MaskGIT samples with FID and precision/recall in the feature space of an ImageNet Inception
-network (Section 4.1). Those weights cannot be downloaded here and would not suit 28x28 images anyway, so this module
+network (Section 4). Those weights cannot be downloaded here and would not suit 28x28 images anyway, so this module
 trains a small convolutional classifier on the dataset itself (once; it is cached, and its test accuracy is reported
 so a reader can judge the features) and measures, in its penultimate layer:
 

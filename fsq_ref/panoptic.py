@@ -1,4 +1,4 @@
-"""Panoptic quality (PQ), the metric of UViM's panoptic segmentation task (FSQ paper Sec. 4.3, Table 2).
+"""Panoptic quality (PQ), the metric of UViM's panoptic segmentation task (FSQ paper Section 4, Table 2).
 
 PQ is defined by Kirillov et al., "Panoptic Segmentation" (CVPR 2019), Sec. 4. A panoptic labelling splits an image
 into segments: one per (class, instance id) for "thing" classes, and one per class present for "stuff" classes,

@@ -1,4 +1,4 @@
-"""Procedural 3-D scenes for UViM's dense prediction tasks (FSQ paper Sec. 4.3), ray-cast in numpy.
+"""Procedural 3-D scenes for UViM's dense prediction tasks (FSQ paper Section 4, Table 2), ray-cast in numpy.
 
 Each scene is a picture with exact labels for all three tasks: depth, panoptic segmentation, and colour (the image
 itself, the target of colorization). Image, depth, classes and objects come from the same pixel rays, so no label is

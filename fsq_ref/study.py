@@ -1,4 +1,4 @@
-"""The codebook-size study (paper Section 4.1, Fig. 3): FSQ keeps using its whole codebook as it grows; VQ does not.
+"""The codebook-size study (paper Section 4, Fig. 3): FSQ keeps using its whole codebook as it grows; VQ does not.
 
 For every quantizer and target codebook size K, a tokenizer is trained with the same budget: the same network preset,
 number of steps, batch size, data and seed. FSQ gets the paper's levels for K (`fsq.levels_for`, Table 1; the actual
@@ -172,7 +172,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       InputError for bad options, or when `workdir` holds runs made with other options. KeyboardInterrupt after a
       Ctrl-C, once the interrupted run is saved: calling again continues it.
 
-    References: paper Section 4.1 and Fig. 3.
+    References: paper Section 4 and Fig. 3.
     """
     workdir = Path(workdir)
     runs = plan(sizes, quantizers)

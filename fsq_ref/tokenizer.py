@@ -1,6 +1,6 @@
 """The image tokenizer: encoder -> quantizer (FSQ or VQ) -> decoder, and its jitted training step.
 
-This is the model of the paper's MaskGIT experiments (Section 4.1) at a size that trains on a CPU: the convolutional
+This is the model of the paper's MaskGIT experiments (Section 4) at a size that trains on a CPU: the convolutional
 autoencoder of `nets.py` with either quantizer in its bottleneck. Swapping FSQ for VQ is one config field; everything
 else (network, optimiser, data, budget) stays the same, which is the comparison the paper makes.
 

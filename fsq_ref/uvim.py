@@ -1,4 +1,4 @@
-"""UViM (Kolesnikov et al. 2022) with an FSQ guiding code: the paper's Section 4.2 experiment.
+"""UViM (Kolesnikov et al. 2022) with an FSQ guiding code: the paper's Section 4 experiment (Table 2).
 
 Two stages solve a dense-prediction task (`dense_tasks`: depth, colorization, panoptic segmentation):
 

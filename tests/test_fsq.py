@@ -94,7 +94,7 @@ def test_bfloat16_gives_the_same_indices_as_float32(levels, seed):
 
 
 def test_bfloat16_large_codebook_reaches_every_index():
-    # ANCHORS.md: indices computed in bf16 made 1001 collapse onto 1000. All 64000 codes of [8,8,8,5,5,5] must
+    # Another implementation's bug: indices computed in bf16 made 1001 collapse onto 1000. All 64000 codes of [8,8,8,5,5,5] must
     # survive a round trip through bf16 codes.
     levels = (8, 8, 8, 5, 5, 5)
     codes = fsq.indices_to_codes(jnp.arange(64000), levels).astype(jnp.bfloat16)
@@ -163,7 +163,7 @@ def test_levels_for_matches_the_paper_table():
 
 
 def test_implicit_codebook_is_only_built_on_demand():
-    # [4]*16 would be 34 GB (ANCHORS.md); asking for it is an error, quantizing with it is fine.
+    # [4]*16 would be 34 GB (docs/paper-notes.md); asking for it is an error, quantizing with it is fine.
     levels = (5,) * 12
     with pytest.raises(ValueError, match="GiB"):
         fsq.implicit_codebook(levels)
