@@ -7,6 +7,7 @@ usage is computed from a histogram accumulated across batches: `CodeCounter` kee
 Legend: K codebook size, B batch, H W image size, C image channels.
 """
 
+import functools
 import math
 
 import jax
@@ -18,7 +19,7 @@ from jaxtyping import Array, Int
 MAX_HISTOGRAM_SIZE = 2**28
 
 
-@jax.jit(static_argnames="codebook_size")
+@functools.partial(jax.jit, static_argnames="codebook_size")
 def histogram(indices: Int[Array, "..."], codebook_size: int) -> Int[Array, " K"]:
     """How often each code occurs in `indices`, int32 [K]."""
     return jnp.bincount(indices.reshape(-1), length=codebook_size).astype(jnp.int32)
