@@ -10,6 +10,11 @@ import pytest
 from hypothesis import given, settings
 from jax.sharding import Mesh, PartitionSpec as P
 
+try:
+    from jax import shard_map
+except ImportError:  # older JAX has it only under jax.experimental
+    from jax.experimental.shard_map import shard_map
+
 from fsq_ref import vq
 
 
@@ -122,7 +127,7 @@ def test_ema_statistics_are_summed_across_devices(key):
     z = jr.normal(jr.key(7), (64, 3))
 
     _, expected = q_single(z, state, train=True)
-    sharded = jax.shard_map(
+    sharded = shard_map(
         lambda z, s: q_sharded(z, s, train=True)[1], mesh=mesh, in_specs=(P("data"), P()), out_specs=P()
     )
     got = jax.jit(sharded)(z, state)
