@@ -91,8 +91,11 @@ def schedule(steps: int) -> optax.Schedule:
 
 
 @eqx.filter_jit
-def _step(model: Classifier, opt_state, images: UInt8[Array, "B H W C"], labels: Int[Array, " B"], lr):
+def _step(model: Classifier, opt_state, images: UInt8[Array, "B H W C"], labels: Int[Array, " B"],
+          lr_schedule: optax.Schedule, step: Int[Array, ""]):
     """One training step: (model, opt_state, cross-entropy loss)."""
+    lr = lr_schedule(step)  # inside the jit, as optax computes it, so the arithmetic is optax.adamw's exactly
+
     def loss_fn(model):
         logits = jax.vmap(model)(to_unit(images))
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -113,10 +116,10 @@ def train_classifier(train_ds: data.Dataset, test_ds: data.Dataset, *, steps: in
     if steps < 1:
         raise InputError(f"steps must be >= 1; got {steps}")
     model = Classifier(train_ds.image_shape, train_ds.num_classes, key=jr.key(seed))
-    opt_state, lr = OPTIMIZER.init(eqx.filter(model, eqx.is_array)), schedule(steps)
+    opt_state, lr_schedule = OPTIMIZER.init(eqx.filter(model, eqx.is_array)), schedule(steps)
     for i in range(steps):
         images, labels = train_ds.get(data.batch_indices(len(train_ds), batch_size, seed, i))
-        model, opt_state, _ = _step(model, opt_state, images, labels, lr(i))
+        model, opt_state, _ = _step(model, opt_state, images, labels, lr_schedule, jnp.int32(i))
     images, labels = test_ds.get(np.arange(len(test_ds)))
     return model, float(np.mean(extract(model, images)[1] == labels))
 
