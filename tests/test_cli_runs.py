@@ -121,3 +121,18 @@ def test_package_surface():
 
     assert fsq_ref.quantize is fsq.quantize and fsq_ref.levels_for(2**10) == (8, 5, 5, 5)
     assert os.path.isfile(os.path.join(os.path.dirname(fsq_ref.__file__), "py.typed"))
+
+
+def test_each_command_is_one_library_call_from_python(trained, photos, tmp_path):
+    """What `fsq encode`, `decode` and `eval` print and write, the library gives a Python caller directly."""
+    from fsq_ref import runs, tokenizer, tokens
+
+    model, qstate, header = tokenizer.load(trained)
+    ds = runs.image_data(header, None, None, "all")
+    made = tokenizer.encode_dataset(model, qstate, header["sha256"], ds, batch_size=16)
+    assert invoke("encode", "--workdir", trained, "--out", tmp_path / "t.npz").exit_code == 0
+    np.testing.assert_array_equal(made.indices, tokens.load(tmp_path / "t.npz").indices)
+    images = tokenizer.decode_all(model, qstate, made.indices, batch_size=16)
+    assert images.shape == (FOLDER_IMAGES, 28, 28, 1) and images.dtype == np.uint8
+    result, spec, count = runs.evaluate(trained)
+    assert spec == str(photos) and count == FOLDER_IMAGES // 10 and 0 < result["usage"] <= 1
