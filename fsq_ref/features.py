@@ -94,7 +94,8 @@ def schedule(steps: int) -> optax.Schedule:
 def _step(model: Classifier, opt_state, images: UInt8[Array, "B H W C"], labels: Int[Array, " B"],
           lr_schedule: optax.Schedule, step: Int[Array, ""]):
     """One training step: (model, opt_state, cross-entropy loss)."""
-    lr = lr_schedule(step)  # inside the jit, as optax computes it, so the arithmetic is optax.adamw's exactly
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix the int32 step with floats
+        lr = lr_schedule(step)  # inside the jit, as optax computes it, so the arithmetic is optax.adamw's exactly
 
     def loss_fn(model):
         logits = jax.vmap(model)(to_unit(images))
