@@ -219,7 +219,8 @@ def decode(workdir, tokens_path, out, batch_size):
 @with_data_options(default=None, help_default="the data the model was trained on")
 @click.option("--split", type=click.Choice(data.SPLITS), default="test", show_default=True, help=SPLIT_HELP)
 @click.option("--limit", type=int, default=None, help="UViM: only the first N examples")
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="JSON file (default WORKDIR/eval-SPLIT.json)")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="JSON file (default WORKDIR/eval-SPLIT.json)")
 def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
     """Measure a trained model on a dataset.
 

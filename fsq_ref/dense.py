@@ -1,4 +1,5 @@
-"""Data for UViM's dense prediction tasks (FSQ paper Section 4, Table 2): depth estimation, colorization, panoptic segmentation.
+"""Data for UViM's dense prediction tasks (FSQ paper Section 4, Table 2): depth estimation, colorization, panoptic
+segmentation.
 
 The paper trains UViM on NYU Depth v2, ImageNet and COCO panoptic. A reference implementation has to run on a laptop,
 so `load` offers three small sources with the same interface, `DenseData`:

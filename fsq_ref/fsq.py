@@ -106,7 +106,8 @@ def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     half_l = (L - 1) * (1 - _EPS) / 2
     offset = np.where(L % 2 == 0, 0.5, 0.0)
     shift = np.arctanh(offset / half_l)
-    # float32 even for bf16 inputs: bf16 has 8 bits of mantissa, too few to place 1000 codes apart (docs/paper-notes.md).
+    # float32 even for bf16 inputs: bf16 has 8 bits of mantissa, too few to place 1000 codes apart
+    # (docs/paper-notes.md).
     z = z.astype(jnp.float32)
     return jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32) - offset.astype(np.float32)
 

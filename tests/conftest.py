@@ -4,9 +4,23 @@ import os
 # set before JAX initialises its backends; unsharded computations still run on the first device.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
 import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
+
+# Many tests build the same small models in fresh closures, which `jax.jit` compiles again each time. A compilation
+# cache for this session only (a new empty folder per run, removed at exit, so no run depends on an earlier one)
+# reuses them, also in the subprocesses of the multi-process tests (they inherit the environment).
+_CACHE = tempfile.mkdtemp(prefix="fsq-ref-tests-xla-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 # Catch accidental dtype promotion (e.g. bf16 silently widened) everywhere in the tests.
 jax.config.update("jax_numpy_dtype_promotion", "strict")

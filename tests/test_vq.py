@@ -197,8 +197,10 @@ def test_a_code_never_assigned_for_30k_ema_steps_keeps_a_finite_codeword(l2_norm
 @given(
     st.integers(0, 2**31 - 1),
     st.floats(0.5, 0.9999),
-    # log10 of the counts, often right at the floor (1e-12) or within one discount of it.
-    hnp.arrays(np.float32, (6,), elements=st.sampled_from([-12.0, -11.9]) | st.floats(-12, 4, width=32)),
+    # log10 of the counts, often right at the floor (1e-12) or within one discount of it (float32 values, which
+    # hypothesis before 6.9x requires of a float32 array's elements).
+    hnp.arrays(np.float32, (6,),
+               elements=st.sampled_from([-12.0, float(np.float32(-11.9))]) | st.floats(-12, 4, width=32)),
 )
 def test_ema_discounts_a_count_down_to_the_floor_and_no_further(seed, decay, log10_counts):
     counts = np.maximum(10.0 ** log10_counts, vq.MIN_COUNT).astype(np.float32)
