@@ -102,7 +102,8 @@ def test_stored_images_of_another_shape_are_refused_and_folders_are_fitted(train
     assert np.load(tmp_path / "t.npz")["indices"].shape == (5, 7, 7)  # every file: the default split is "all"
 
 
-@pytest.mark.parametrize("quantizer", ["vq", "vq-entropy", "vq-split"])
+# vq-entropy differs from vq by one loss term (tested in test_vq); it runs with -m slow.
+@pytest.mark.parametrize("quantizer", ["vq", pytest.param("vq-entropy", marks=pytest.mark.slow), "vq-split"])
 def test_vq_tokenizers_train_and_encode(quantizer, tmp_path):
     result = invoke("train", "autoencoder", *TINY, "--quantizer", quantizer, "--codebook-size", 32, "--steps", 3,
                     "--workdir", tmp_path)

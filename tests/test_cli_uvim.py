@@ -98,6 +98,7 @@ def test_bad_input(oracle, lm, tmp_path):
     assert not (tmp_path / "p.npz").exists()
 
 
+@pytest.mark.slow  # bf16 and dtype-checked resume are covered by default in test_cli and test_precision
 def test_both_stages_train_in_bfloat16_and_resume_only_in_it(oracle, tmp_path):
     # The fixtures' settings but --dtype bfloat16, so that only the training steps compile anew.
     oracle_args = ["train", "uvim-oracle", "--task", "panoptic", *DATA, "--steps", 2, "--workdir", tmp_path / "oracle"]

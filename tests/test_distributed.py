@@ -60,6 +60,7 @@ def _assert_same_run(a, b):
     assert a[2]["step"] == b[2]["step"] == 4
 
 
+@pytest.mark.slow  # the 4-device tests of test_train and the 2-process test below cover the default suite
 def test_eight_devices_match_one(one_device, tmp_path):
     _finish(_fsq([*TRAIN, "--workdir", tmp_path / "run"], devices=8))
     _assert_same_run(_losses_and_params(tmp_path / "run"), one_device)

@@ -199,7 +199,9 @@ def test_colour_distance_sees_washed_out_colour(scenes):
     assert same == pytest.approx(0.0, abs=1e-6) and grey > 1.0
 
 
-@pytest.mark.parametrize("name", dense_tasks.TASKS)
+# Panoptic by default (the richest head); all three with -m slow. test_cli_uvim trains every task's oracle anyway.
+@pytest.mark.parametrize("name", [pytest.param(t, marks=[] if t == "panoptic" else pytest.mark.slow)
+                                  for t in dense_tasks.TASKS])
 def test_oracle_training_lowers_the_loss(name, scenes):
     task = dense_tasks.make(name, scenes)
     state = _oracle(task, jr.key(0))

@@ -82,6 +82,7 @@ def test_ema_codebook_gets_no_gradient_and_state_is_returned_not_mutated(key):
     assert eval_state is state
 
 
+@pytest.mark.slow  # test_training_with_splitting_revives_a_collapsed_dictionary covers splitting by default
 @settings(deadline=None, max_examples=20)
 @given(st.integers(0, 2**31 - 1), st.integers(4, 64))
 def test_after_splitting_no_code_is_dead(seed, K):
