@@ -6,14 +6,7 @@ layout table).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from fsq_ref.fsq import (
-    FSQ,
-    codes_to_indices,
-    implicit_codebook,
-    indices_to_codes,
-    levels_for,
-    quantize,
-)
+from fsq_ref.fsq import FSQ, codes_to_indices, implicit_codebook, indices_to_codes, levels_for, quantize
 from fsq_ref.quantizers import Quantized, QuantizerConfig
 from fsq_ref.vq import VQ
 

@@ -25,19 +25,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import (
-    data,
-    dense,
-    dense_tasks,
-    fsq,
-    maskgit,
-    maskgit_train,
-    presets,
-    tokenizer,
-    uvim,
-    uvim_train,
-    vq,
-)
+from fsq_ref import data, dense, dense_tasks, fsq, maskgit, maskgit_train, presets, tokenizer, uvim, uvim_train, vq
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 

@@ -6,24 +6,8 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import (
-    checkpoint,
-    dense,
-    dense_tasks,
-    presets,
-    quantizers,
-    runs,
-    train,
-    uvim_eval,
-    uvim_train,
-)
-from fsq_ref.cli_options import (
-    int_list,
-    run_training,
-    save_npz,
-    with_options,
-    with_training_options,
-)
+from fsq_ref import checkpoint, dense, dense_tasks, presets, quantizers, runs, train, uvim_eval, uvim_train
+from fsq_ref.cli_options import int_list, run_training, save_npz, with_options, with_training_options
 from fsq_ref.errors import InputError
 
 UVIM_QUANTIZERS = ("fsq", "vq", "vq-split")

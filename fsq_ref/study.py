@@ -29,18 +29,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from fsq_ref import (
-    checkpoint,
-    data,
-    features,
-    fsq,
-    metrics,
-    plot,
-    presets,
-    progress,
-    tokenizer,
-    train,
-)
+from fsq_ref import checkpoint, data, features, fsq, metrics, plot, presets, progress, tokenizer, train
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import KINDS, QuantizerConfig
 

@@ -17,13 +17,7 @@ import numpy as np
 
 from fsq_ref import data, dense, dense_tasks, fsq, metrics
 from fsq_ref.images import grid, save_png
-from fsq_ref.uvim import (
-    GuidingCodeLM,
-    Oracle,
-    decode_code,
-    encode_target,
-    generate_code,
-)
+from fsq_ref.uvim import GuidingCodeLM, Oracle, decode_code, encode_target, generate_code
 
 EVAL_BATCH = 256
 PICTURE_COUNT = 12

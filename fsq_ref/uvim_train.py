@@ -25,23 +25,8 @@ import optax
 from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
-from fsq_ref.uvim import (
-    GuidingCodeLM,
-    LMConfig,
-    Oracle,
-    OracleConfig,
-    code_dropout_mask,
-    shift_right,
-)
-from fsq_ref.uvim_eval import (
-    code_usage,
-    oracle_codes,
-    oracle_predict,
-    picture,
-    run_over,
-    score,
-    stage2_predict,
-)
+from fsq_ref.uvim import GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, shift_right
+from fsq_ref.uvim_eval import code_usage, oracle_codes, oracle_predict, picture, run_over, score, stage2_predict
 
 
 class OracleState(eqx.Module):

@@ -1,7 +1,8 @@
 """Vector quantization (VQ-VAE), the baseline that FSQ is compared against, with the machinery FSQ removes.
 
 A latent vector is replaced by its nearest codeword in a codebook of K vectors, with a straight-through gradient
-(van den Oord et al., 2017). The options are those the FSQ paper's baselines used (paper Section 4; docs/paper-notes.md):
+(van den Oord et al., 2017). The options are those the FSQ paper's baselines used (paper Section 4;
+docs/paper-notes.md):
 
 - codebook loss ||sg(z) - e||^2 and commitment loss beta ||z - sg(e)||^2 (beta = 0.25), the codebook learned by
   gradient: the MaskGIT tokenizer's VQ;

@@ -299,7 +299,8 @@ def test_folder_with_train_and_test_subfolders_is_split_by_them(tmp_path):
             folder.mkdir(parents=True)
             for i in range(count):
                 Image.fromarray(np.full((8, 8), i * 40, np.uint8)).save(folder / f"{i}.png")
-    train, test, every = (data.load(str(tmp_path), split, image_size=8, channels=1) for split in ("train", "test", "all"))
+    train, test, every = (data.load(str(tmp_path), split, image_size=8, channels=1)
+                          for split in ("train", "test", "all"))
     assert (len(train), len(test), len(every)) == (6, 4, 10)
     assert train.class_names == ("cat", "dog") and sorted(test.labels) == [0, 0, 1, 1]
 

@@ -94,8 +94,8 @@ def test_bfloat16_gives_the_same_indices_as_float32(levels, seed):
 
 
 def test_bfloat16_large_codebook_reaches_every_index():
-    # Another implementation's bug: indices computed in bf16 made 1001 collapse onto 1000. All 64000 codes of [8,8,8,5,5,5] must
-    # survive a round trip through bf16 codes.
+    # Another implementation's bug: indices computed in bf16 made 1001 collapse onto 1000. All 64000 codes of
+    # [8,8,8,5,5,5] must survive a round trip through bf16 codes.
     levels = (8, 8, 8, 5, 5, 5)
     codes = fsq.indices_to_codes(jnp.arange(64000), levels).astype(jnp.bfloat16)
     np.testing.assert_array_equal(fsq.codes_to_indices(codes, levels), np.arange(64000))

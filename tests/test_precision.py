@@ -43,7 +43,8 @@ def test_vq_computes_in_float32_from_a_bf16_codebook(key):
 
 
 def _train_tiny_tokenizer(dtype: str, steps: int = 60):
-    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"), QuantizerConfig("fsq", levels=(5, 5, 5)))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
+                                       QuantizerConfig("fsq", levels=(5, 5, 5)))
     state = tokenizer.init_train_state(config, 1e-4, key=jr.key(0))
     step = tokenizer.make_step(1e-4, dtype)
     ds = data.load("procedural:256", "train")

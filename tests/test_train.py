@@ -141,7 +141,8 @@ def test_sharded_step_matches_one_device(tmp_path):
     # The same run on 4 (simulated) devices and on 1: the batch is split, the result is the same.
     if jax.device_count() < 4:
         pytest.skip("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
-    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"), QuantizerConfig("fsq", levels=(5, 5, 5)))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
+                                       QuantizerConfig("fsq", levels=(5, 5, 5)))
     ds = data.load("procedural:64", "train")
     loop = train.LoopConfig(steps=4, batch_size=16, log_every=1, warmup_steps=1)
     results = {}
@@ -163,7 +164,8 @@ def test_sharded_step_matches_one_device(tmp_path):
 def test_sharded_gradient_matches_one_device(key):
     if jax.device_count() < 4:
         pytest.skip("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
-    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"), QuantizerConfig("fsq", levels=(5, 5, 5)))
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
+                                       QuantizerConfig("fsq", levels=(5, 5, 5)))
     model = tokenizer.Tokenizer(config, key=key)
     images = data.load("procedural:64", "train").get(np.arange(16))[0]
 
