@@ -75,22 +75,24 @@ def load(path: str | os.PathLike, like) -> tuple[dict, object]:
 
 
 def _split(path, *, check: bool) -> tuple[dict, bytes]:
+    """(header, payload) of a checkpoint; without `check`, only the header is read (the payload, b"", stays on disk:
+    commands read a run folder's header several times, and a payload may be gigabytes)."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            magic, line = f.read(len(MAGIC)), f.readline()
+            payload = f.read() if check else b""
     except FileNotFoundError:
         raise InputError(f"no checkpoint at {path}: train a model first, or point --workdir at a training run") from None
     except OSError as e:
         raise InputError(f"cannot read checkpoint {path} ({e})") from None
-    if not data.startswith(MAGIC):
+    if magic != MAGIC:
         raise InputError(f"{path} is not an fsq-ref checkpoint (wrong first line): point at a checkpoint.fsq file")
-    end = data.find(b"\n", len(MAGIC))
     try:
-        header = json.loads(data[len(MAGIC):end]) if end > 0 else None
+        header = json.loads(line) if line.endswith(b"\n") else None
     except ValueError:
         header = None
     if not isinstance(header, dict):
         raise InputError(f"checkpoint {path} has a damaged header: it is corrupt; train again or restore a copy")
-    payload = data[end + 1:]
     if check and hashlib.sha256(payload).hexdigest() != header.get("sha256"):
         raise InputError(f"checkpoint {path} is truncated or corrupt (checksum mismatch): train again or restore a copy")
     return header, payload

@@ -182,7 +182,7 @@ def encode(workdir, data_spec, data_dir, split, out, batch_size):
     """
     model, qstate, header = tokenizer.load(workdir)
     ds = runs.image_data(header, data_spec, data_dir, split)
-    click.echo(f"encoding {len(ds)} images ({split} split of {data_spec or runs.recorded_data(header)['spec']})")
+    click.echo(f"encoding {len(ds)} images ({split} split of {runs.data_for(header, data_spec, data_dir)[0]})")
     result = tokenizer.encode_dataset(model, qstate, header["sha256"], ds, batch_size)
     tokens.save(out, result)
     click.echo(f"wrote {out}: indices {list(result.indices.shape)}")

@@ -73,7 +73,7 @@ def generate(workdir, autoencoder, num_per_class, label_text, unconditional, ste
     """
     if num_per_class < 1 or steps < 1 or temperature <= 0 or batch_size < 1:
         raise InputError("--num-per-class, --steps and --batch-size must be >= 1 and --temperature > 0")
-    config = maskgit_train.load(workdir)[0].config
+    config = maskgit_train.config_of(checkpoint.read_run(workdir, "maskgit"))
     if unconditional:
         classes = [config.unconditional]
     elif label_text is not None:
@@ -112,10 +112,9 @@ def eval_samples(samples, data_spec, data_dir, autoencoder, out):
     Example:
       fsq eval-samples --samples runs/samples.npz --data fashion-mnist --autoencoder runs/fsq
     """
-    if data_spec is None:
-        header = checkpoint.read_run(autoencoder, "autoencoder") if autoencoder else None
-        data_spec, data_dir = (runs.recorded_data(header)["spec"], data_dir or runs.recorded_data(header)["data_dir"]
-                               ) if header else ("fashion-mnist", data_dir)
+    if autoencoder is not None:
+        data_spec, data_dir = runs.data_for(checkpoint.read_run(autoencoder, "autoencoder"), data_spec, data_dir)
+    data_spec = data_spec or "fashion-mnist"
     result = features.evaluate_samples(samples, data_spec, data_dir=data_dir, autoencoder=autoencoder,
                                        echo=click.echo)
     click.echo(f"feature classifier: test accuracy {result['classifier_accuracy']:.2%}; reference: "

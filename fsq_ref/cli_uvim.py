@@ -80,8 +80,7 @@ def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_s
     header = checkpoint.read_run(oracle_dir, "uvim-oracle")
     recorded = runs.recorded_data(header)
     size = header["task"]["oracle"]["image_size"]
-    data_dir = data_dir if data_spec else data_dir or recorded["data_dir"]
-    data_spec = data_spec or recorded["spec"]
+    data_spec, data_dir = runs.data_for(header, data_spec, data_dir)
     train_ds = dense.load(data_spec, "train", data_dir=data_dir, size=size, seed=recorded["seed"])
     test_ds = dense.load(data_spec, "test", data_dir=data_dir, size=size, seed=recorded["seed"])
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
@@ -123,4 +122,4 @@ def predict(workdir, oracle_dir, data_spec, data_dir, split, limit, temperature,
     save_npz(out, code=codes, **predictions)
     png = uvim_eval.picture(Path(out).with_suffix(".png"), task, ds, predictions)
     click.echo(f"wrote {out}: {task.name} predictions for {len(ds)} examples ({split} split of "
-               f"{data_spec or runs.recorded_data(header)['spec']})\npicture: {png} (inputs, predictions, targets)")
+               f"{runs.data_for(header, data_spec, data_dir)[0]})\npicture: {png} (inputs, predictions, targets)")

@@ -105,12 +105,11 @@ def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_
                          "files, or leave it out")
     check_split(split, SPLITS)
     if spec == "fashion-mnist":
-        parts = [_fashion_mnist(s, data_dir) for s in _parts(split)]
-        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                            len(FASHION_MNIST_CLASSES), image_size, channels)
+        images, labels = _joined([_fashion_mnist(s, data_dir) for s in _parts(split)])
+        return ArrayDataset(images, labels, len(FASHION_MNIST_CLASSES), image_size, channels)
     if spec == "procedural" or spec.startswith("procedural:"):
-        parts = [_procedural(spec, s, seed, image_size or 28, channels or 1) for s in _parts(split)]
-        return ArrayDataset(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]), 10)
+        images, labels = _joined([_procedural(spec, s, seed, image_size or 28, channels or 1) for s in _parts(split)])
+        return ArrayDataset(images, labels, 10)
     if spec.endswith(".npz"):
         return ArrayDataset(*image_files.npz(spec, split, seed), image_size, channels)
     if os.path.isdir(spec):
@@ -195,6 +194,13 @@ def check_split(split: str, valid: tuple[str, ...] = SPLITS) -> str:
 def _parts(split: str) -> tuple[str, ...]:
     """The stored splits that make up `split` ("all" is "train" then "test")."""
     return ("train", "test") if split == "all" else (split,)
+
+
+def _joined(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of the stored splits one after another; one split is returned as is, not copied."""
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def _fashion_mnist(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:

@@ -187,10 +187,15 @@ def make_task(preset: str, train_tokens: tokens.TokenFile, eval_tokens: tokens.T
                        dtype=dtype)
 
 
+def config_of(header: dict) -> MaskGITConfig:
+    """The config a MaskGIT checkpoint header records (read without loading the weights: `checkpoint.read_run`)."""
+    return MaskGITConfig(**header["task"]["maskgit"])
+
+
 def load(workdir: str | Path) -> tuple[MaskGIT, dict]:
     """The trained MaskGIT in `workdir`: (model, checkpoint header)."""
     def init(header, key):
-        return init_train_state(MaskGITConfig(**header["task"]["maskgit"]), header["loop"]["weight_decay"], key=key)
+        return init_train_state(config_of(header), header["loop"]["weight_decay"], key=key)
 
     header, state = checkpoint.load_run(workdir, "maskgit", init)
     return state.model, header

@@ -19,6 +19,15 @@ def recorded_data(header: dict) -> dict:
     return {"data_dir": None, **header["task"]["data"]}
 
 
+def data_for(header: dict, data_spec: str | None, data_dir: str | None) -> tuple[str, str | None]:
+    """(spec, data_dir) that a command reading this run uses: what the user gave, else what the run was trained on.
+    The recorded --data-dir goes with the recorded data only."""
+    if data_spec is not None:
+        return data_spec, data_dir
+    trained = recorded_data(header)
+    return trained["spec"], data_dir or trained["data_dir"]
+
+
 def image_data(header: dict, data_spec: str | None, data_dir: str | None, split: str) -> data.Dataset:
     """`split` of `data_spec` (default: the tokenizer's training data) at the tokenizer's image shape.
 
@@ -27,12 +36,10 @@ def image_data(header: dict, data_spec: str | None, data_dir: str | None, split:
     user thinks. Image folders are always fitted to the model (their files come in many sizes).
     """
     ae = tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]).autoencoder
-    trained = recorded_data(header)
-    spec = data_spec or trained["spec"]
-    data_dir = data_dir if data_spec else data_dir or trained["data_dir"]
+    spec, data_dir = data_for(header, data_spec, data_dir)
     ds = data.load(spec, split, data_dir=data_dir, image_size=ae.image_size, channels=ae.channels)
     native = getattr(ds, "native_shape", None)
-    if native is not None and native != ds.image_shape and list(native) != trained.get("image_shape"):
+    if native is not None and native != ds.image_shape and list(native) != recorded_data(header).get("image_shape"):
         raise InputError(f"{spec}'s images are {'x'.join(map(str, native))} but this tokenizer takes "
                          f"{'x'.join(map(str, ds.image_shape))}: give data of that shape (image folders are resized "
                          "automatically)")
@@ -42,13 +49,12 @@ def image_data(header: dict, data_spec: str | None, data_dir: str | None, split:
 def dense_data(header: dict, data_spec: str | None, data_dir: str | None, split: str,
                limit: int | None = None) -> dense.DenseData:
     """`split` of `data_spec` (default: the data a UViM stage was trained on) at its oracle's image size."""
-    trained = recorded_data(header)
     if "oracle" in header["task"]:
         size = header["task"]["oracle"]["image_size"]
     else:  # a stage-II folder: the size is its oracle's
         size = checkpoint.read_run(header["task"]["oracle_dir"], "uvim-oracle")["task"]["oracle"]["image_size"]
-    data_dir = data_dir if data_spec else data_dir or trained["data_dir"]
-    ds = dense.load(data_spec or trained["spec"], split, data_dir=data_dir, size=size, seed=trained["seed"])
+    spec, data_dir = data_for(header, data_spec, data_dir)
+    ds = dense.load(spec, split, data_dir=data_dir, size=size, seed=recorded_data(header)["seed"])
     if not limit:
         return ds
     return dataclasses.replace(ds, **{k: None if getattr(ds, k) is None else getattr(ds, k)[:limit]
@@ -72,7 +78,7 @@ def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = No
     Returns (results, the data spec used, the number of examples read).
     """
     header = checkpoint.read_run(workdir)
-    spec = data_spec or recorded_data(header)["spec"]
+    spec = data_for(header, data_spec, data_dir)[0]
     if header.get("kind", "").startswith("uvim"):
         lm, oracle, qstate, task, header = uvim_models(workdir)
         if task_name is not None and task_name != task.name:

@@ -133,8 +133,8 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
     }
     if q.kind == "fsq":
         counter = metrics.CodeCounter(q.size)
-        for start in range(0, len(shared.images), EVAL_BATCH):
-            counter.update(tokenizer.encode(state.model, state.qstate, shared.images[start:start + EVAL_BATCH]))
+        for idx, n in data.pass_indices(len(shared.images), EVAL_BATCH):
+            counter.update(tokenizer.encode(state.model, state.qstate, shared.images[idx])[:n])
         result["channels"] = metrics.channel_stats(counter.counts, q.levels)
     checkpoint.write_atomic(run_dir / RESULT, json.dumps(result, indent=2).encode())
     return result
