@@ -136,18 +136,22 @@ def random_mask(key: PRNGKeyArray, seq_len: int) -> Bool[Array, " S"]:
     # A random permutation ranks the positions; the `count` lowest-ranked ones are masked.
     return jr.permutation(position_key, seq_len) < count
 
+
 def num_still_masked(step: Int[Array, "..."], steps: int, num_unknown: Int[Array, "..."],
                      num_masked: Int[Array, "..."]) -> Int[Array, "..."]:
     """How many tokens stay masked after decoding step `step` (0-based) of `steps`.
 
     The schedule's count floor(num_unknown * mask_ratio((step + 1) / steps)), where num_unknown is the count at the
-    start of decoding, clamped so that every step but the last decodes at least one token and leaves at least one for
-    later; the last step decodes everything. With num_unknown >= steps the count falls strictly, step by step, to 0.
+    start of decoding and num_masked the count before this step, clamped as MaskGIT's decoder clamps it
+    (google-research/maskgit, `libml/parallel_decode.py::decode`): a step decodes at least one token and leaves at
+    least one masked for later, so a sequence with fewer unknowns than steps keeps its last unknown token masked (and
+    resampled) until the last step instead of deciding it early; the last step decodes everything. A sequence with
+    nothing masked stays at zero. With num_unknown >= steps the count falls strictly, step by step, to 0.
     """
     ratio = (jnp.asarray(step, jnp.float32) + 1.0) / steps
     target = jnp.floor(jnp.asarray(num_unknown, jnp.float32) * mask_ratio(ratio)).astype(jnp.int32)
-    # With fewer unknowns than steps the clamp bottoms out: max(., 0) keeps an exhausted sequence at zero.
-    kept = jnp.maximum(jnp.clip(target, 1, jnp.asarray(num_masked) - 1), 0)
+    num_masked = jnp.asarray(num_masked)
+    kept = jnp.minimum(jnp.maximum(jnp.minimum(target, num_masked - 1), 1), num_masked)
     return jnp.where(jnp.asarray(step) == steps - 1, 0, kept)
 
 

@@ -68,11 +68,20 @@ def test_masked_count_falls_strictly_to_zero(steps_and_unknown):
     assert counts[-1] == 0 and all(a > b for a, b in zip(counts, counts[1:]))
 
 
-def test_masked_count_with_fewer_unknowns_than_steps_never_goes_negative():
-    counts = [2]
-    for step in range(12):
-        counts.append(int(maskgit.num_still_masked(step, 12, 2, counts[-1])))
-    assert counts[-1] == 0 and min(counts) == 0 and all(a >= b for a, b in zip(counts, counts[1:]))
+@settings(deadline=None)
+@given(st.integers(1, 16), st.integers(0, 40))
+def test_masked_count_keeps_one_token_masked_until_the_last_step(steps, unknown):
+    # MaskGIT's decoder: each step but the last decodes at least one token while two or more are masked, and keeps at
+    # least one masked, so with fewer unknowns than steps the last one waits (resampled) for the final step.
+    counts = [unknown]
+    for step in range(steps):
+        counts.append(int(maskgit.num_still_masked(step, steps, unknown, counts[-1])))
+    assert counts[-1] == 0 and all(a >= b for a, b in zip(counts, counts[1:]))
+    before_last = counts[1:-1]
+    assert all(c >= min(unknown, 1) for c in before_last)
+    assert all(b < a for a, b in zip(counts, before_last) if a >= 2)
+    if 1 <= unknown < steps:
+        assert counts[-2] == 1  # the lone remaining token is decided by the last step, not before
 
 
 def test_training_masks_cover_at_least_the_minimum_fraction():
