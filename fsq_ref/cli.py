@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed, presets,
-                     quantizers, runs, study, tokenizer, tokens, train)
+                     quantizers, runs, study, study_report, tokenizer, tokens, train)
 from fsq_ref.cli_options import (choice_list, int_list, print_metrics, run_training, save_npz, with_data_options,
                                  with_training_options)
 from fsq_ref.errors import InputError
@@ -110,8 +110,11 @@ def study_group():
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--preset", type=click.Choice(presets.AUTOENCODER), default="fashion-mnist", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--maskgit-steps", type=int, default=0, show_default=True,
+              help=f"train a MaskGIT this long on the tokens of each {' and '.join(study.MASKGIT_KINDS)} run, for the "
+                   "masked-transformer bits per token and the sampling Frechet distance (0: skip)")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False))
-def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, preset, seed, workdir):
+def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, preset, seed, maskgit_steps, workdir):
     """FSQ against three VQ variants as the codebook grows (paper Fig. 3): usage, PSNR, Frechet distance, bits.
 
     Trains one tokenizer per (quantizer, size) with the same network and step budget, measures each on the test
@@ -125,10 +128,10 @@ def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, pr
     try:
         study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=int_list(sizes, "--sizes", "16,256"),
                         quantizers=choice_list(kinds, "--quantizers", quantizers.KINDS), steps=steps,
-                        batch_size=batch_size, preset=preset, seed=seed)
+                        batch_size=batch_size, preset=preset, seed=seed, maskgit_steps=maskgit_steps)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    for name in (study.RESULTS_MD, study.RESULTS_JSON, study.FIGURE):
+    for name in (study_report.RESULTS_MD, study_report.RESULTS_JSON, study_report.FIGURE):
         click.echo(f"wrote {Path(workdir) / name}")
 
 

@@ -22,7 +22,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref import checkpoint, data, precision, presets, tokenizer, tokens, train
 from fsq_ref.errors import InputError
-from fsq_ref.maskgit import MaskGIT, MaskGITConfig, batch_logits, random_mask, sample
+from fsq_ref.maskgit import MaskGIT, MaskGITConfig, batch_logits, num_still_masked, random_mask, sample
 
 LABEL_SMOOTHING = 0.1
 LABEL_DROPOUT = 0.1  # fraction of training labels replaced by the unconditional token
@@ -125,6 +125,56 @@ def evaluate(model: MaskGIT, tokens: Int[np.ndarray, "N h w"], labels: Int[np.nd
             totals[name] = totals.get(name, 0.0) + float(value) * float(masked)
         count += float(masked)
     return {name: total / count for name, total in totals.items()}
+
+
+CODING_STEPS = 12  # MaskGIT's number of decoding steps, and the cosine schedule's counts
+CODING_ORDER_SEED = 0  # the fixed order in which positions are revealed when coding
+
+
+def coding_schedule(seq_len: int, steps: int = CODING_STEPS) -> np.ndarray:
+    """How many tokens are known before each coding step and after the last: int [steps + 1], from 0 to seq_len,
+    the counts MaskGIT's decoding schedule (`maskgit.num_still_masked`) reveals step by step."""
+    masked = [seq_len]
+    for step in range(steps):
+        masked.append(int(num_still_masked(step, steps, seq_len, masked[-1])))
+    return seq_len - np.array(masked, np.int32)
+
+
+@eqx.filter_jit
+def _code_lengths(model: MaskGIT, tokens: Int[Array, "B S"], known: Int[Array, " T+1"]) -> Float[Array, " B"]:
+    config = model.config
+    turn = jr.permutation(jr.key(CODING_ORDER_SEED), config.seq_len)  # position -> when it is revealed
+    unconditional = jnp.full((len(tokens),), config.unconditional)
+
+    def body(bits, bounds):
+        before, after = bounds
+        inputs = jnp.where(turn < before, tokens, config.mask_token)
+        log_p = jax.nn.log_softmax(batch_logits(model, inputs, unconditional).astype(jnp.float32))
+        nll = -jnp.take_along_axis(log_p, tokens[..., None], axis=-1)[..., 0]
+        coded = (turn >= before) & (turn < after)
+        return bits + jnp.sum(jnp.where(coded, nll, 0.0), axis=-1) / jnp.log(2.0), None
+
+    return jax.lax.scan(body, jnp.zeros(len(tokens)), (known[:-1], known[1:]))[0]
+
+
+def bits_per_token(model: MaskGIT, tokens: Int[np.ndarray, "N h w"], *, batch_size: int = 256) -> float:
+    """What coding `tokens` losslessly with the model costs, in bits per token (the compression cost of the paper's
+    codebook-size study, Section 4, Fig. 3).
+
+    The grid is revealed in CODING_STEPS steps of MaskGIT's decoding schedule, in one fixed pseudo-random order of the
+    positions (seed CODING_ORDER_SEED; the sampler's confidence order depends on the samples, which a decoder of the
+    true tokens does not have). At each step the newly revealed tokens cost -log2 p under the model's prediction from
+    the tokens revealed before, with the unconditional class token (a decoder knows no label). This is a valid code
+    length: the decoder knows the order and computes the same distributions, and the product of per-position
+    distributions is a distribution over the step's tokens, so an arithmetic coder reaches the sum within 2 bits per
+    grid.
+    """
+    flat = np.asarray(tokens, np.int32).reshape(len(tokens), -1)
+    known = jnp.asarray(coding_schedule(flat.shape[1]))
+    total = 0.0
+    for idx, n in data.pass_indices(len(flat), batch_size):
+        total += float(jnp.sum(_code_lengths(model, jnp.asarray(flat[idx]), known)[:n]))
+    return total / flat.size
 
 
 class MaskGITTask:

@@ -9,35 +9,51 @@ on the whole test split:
 - codebook usage: the fraction of the K codes used at least once (the paper's definition), and the perplexity;
 - reconstruction PSNR, and the Frechet distance between the test images and their reconstructions in the feature
   space of the small classifier of `features.py` (the paper reports reconstruction FID, in Inception features);
-- compression cost in bits per token: the entropy of the empirical code distribution, the cost of coding each token
-  independently with its frequency. The paper's cost comes from a MaskGIT transformer and an entropy coder, which
-  also exploit context, so it is lower; both rise with K.
+- code entropy in bits per token: the entropy of the empirical code distribution, the cost of coding each token
+  alone with its frequency.
 
-The study lives in one folder: each run in `<quantizer>-<K>/` (a `train.run` folder plus `result.json` once it is
-measured), and `results.json`, `results.md` and `codebook-size.png` for all runs so far, rewritten after every run.
-Running the study again skips measured runs and resumes runs that were stopped.
+Fig. 3's two other panels need a generative model of the tokens. For the quantizers in MASKGIT_KINDS (FSQ and
+`vq-entropy`, the VQ that MaskGIT itself trains), a MaskGIT of preset MASKGIT_PRESET is trained on the run's train
+tokens for `maskgit_steps` steps of batch MASKGIT_BATCH (the same budget for every run), then measured:
+
+- compression cost as the paper measures it: the bits per token that coding the test tokens with the masked
+  transformer costs (`maskgit_train.bits_per_token`; it exploits context, so it is below the code entropy);
+- sampling Frechet distance: SAMPLES_PER_CLASS samples per class (guidance GUIDANCE, MaskGIT's 12 decoding steps),
+  decoded by the run's tokenizer, against the test images in the classifier's features; with the classifier's
+  accuracy on the samples' classes.
+
+The study lives in one folder: each run in `<quantizer>-<K>/` (a `train.run` folder, the MaskGIT's in its `maskgit/`,
+plus `result.json` once it is measured), and the report (`study_report`: results.json, results.md and
+codebook-size.png) for all runs so far, rewritten after every run. Running the study again skips measured runs and
+resumes runs that were stopped.
 
 Legend: K codebook size, N test images, H W image size, C image channels.
 """
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from fsq_ref import checkpoint, data, features, fsq, metrics, plot, presets, progress, tokenizer, train
+import jax.random as jr
+
+from fsq_ref import (checkpoint, data, features, fsq, maskgit, maskgit_train, metrics, presets, progress, tokenizer,
+                     train)
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import KINDS, QuantizerConfig
+from fsq_ref.study_report import write_outputs
 
 PAPER_SIZES = (16, 64, 256, 1024, 4096, 16384)  # 2^4 ... 2^14, the sizes of Table 1 that fit a CPU's memory
 RESULT = "result.json"  # in a run's folder: written once the run is trained and measured
-RESULTS_JSON, RESULTS_MD, FIGURE = "results.json", "results.md", "codebook-size.png"
 CHECKPOINT_EVERY = 1000  # steps between checkpoints, so that an interrupted run loses little
 EVAL_BATCH = 500
+MASKGIT_KINDS = ("fsq", "vq-entropy")  # the runs that get a MaskGIT: FSQ, and the VQ that MaskGIT's tokenizer uses
+MASKGIT_PRESET, MASKGIT_BATCH, MASKGIT_LR = "fashion-mnist", 64, 1e-3  # `fsq train maskgit`'s defaults
+SAMPLES_PER_CLASS = 200
+GUIDANCE = 1.0  # `fsq generate`'s default
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,7 +101,7 @@ class _SharedData:
             raise InputError(f"the feature classifier of {data_spec} sees images of {self.classifier.image_shape} "
                              f"(the data's own size) but the preset makes {self.test.image_shape}: pick a --preset "
                              "whose image size matches the data")
-        self.images = self.test.get(np.arange(len(self.test)))[0]
+        self.images, self.labels = self.test.get(np.arange(len(self.test)))
         self.features = features.extract(self.classifier, self.images)[0]
 
 
@@ -136,13 +152,60 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         for idx, n in data.pass_indices(len(shared.images), EVAL_BATCH):
             counter.update(tokenizer.encode(state.model, state.qstate, shared.images[idx])[:n])
         result["channels"] = metrics.channel_stats(counter.counts, q.levels)
+    if run.quantizer in MASKGIT_KINDS and settings["maskgit_steps"]:
+        echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {settings['maskgit_steps']} steps of batch {MASKGIT_BATCH}")
+        result.update(_maskgit_panels(state, run_dir, shared, settings["maskgit_steps"], loop.seed, echo))
+        result["seconds"] = round(time.perf_counter() - started, 1)
     checkpoint.write_atomic(run_dir / RESULT, json.dumps(result, indent=2).encode())
     return result
 
 
+def _encode_all(model, qstate, images: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(tokenizer.encode(model, qstate, images[idx]))[:n]
+                           for idx, n in data.pass_indices(len(images), EVAL_BATCH)])
+
+
+def _maskgit_panels(state, run_dir: Path, shared: _SharedData, steps: int, seed: int,
+                    echo: Callable[[str], None]) -> dict:
+    """Train a MaskGIT on the tokenizer's train tokens (resuming one that was stopped) and measure Fig. 3's other two
+    panels with it: bits per token on the test tokens and the sampling Frechet distance."""
+    images, labels = shared.train.get(np.arange(len(shared.train)))
+    train_tokens = _encode_all(state.model, state.qstate, images)
+    test_tokens = _encode_all(state.model, state.qstate, shared.images)
+    num_classes = shared.train.num_classes or 1  # unlabelled data: one class, unconditional modelling
+
+    def labels_or_zeros(labels, n):
+        return labels if labels is not None else np.zeros(n, np.int32)
+
+    config = presets.maskgit(MASKGIT_PRESET, codebook_size=state.model.quantizer.codebook_size,
+                             num_classes=num_classes, grid=train_tokens.shape[1:])
+    task = maskgit_train.MaskGITTask(config, train_tokens, labels_or_zeros(labels, len(train_tokens)),
+                                     eval_tokens=test_tokens,
+                                     eval_labels=labels_or_zeros(shared.labels, len(test_tokens)),
+                                     batch_size=MASKGIT_BATCH, seed=seed, weight_decay=maskgit_train.WEIGHT_DECAY,
+                                     header={"study_run": run_dir.name})
+    loop = train.LoopConfig(steps=steps, batch_size=MASKGIT_BATCH, seed=seed, learning_rate=MASKGIT_LR,
+                            weight_decay=maskgit_train.WEIGHT_DECAY, eval_every=steps,
+                            checkpoint_every=min(CHECKPOINT_EVERY, steps))
+    folder = run_dir / "maskgit"
+    started = time.perf_counter()
+    mg_state, evaluation = train.run(task, folder, loop, resume=(folder / checkpoint.CHECKPOINT).exists(), echo=echo)
+    if evaluation is None:
+        echo("interrupted: run the study again with the same options to continue")
+        raise KeyboardInterrupt
+    sample_labels = np.repeat(np.arange(num_classes, dtype=np.int32), SAMPLES_PER_CLASS)
+    indices = maskgit.sample(mg_state.model, sample_labels, jr.key(seed), guidance=GUIDANCE)
+    fake, predicted = features.extract(shared.classifier, tokenizer.decode_all(state.model, state.qstate, indices))
+    return {"maskgit_nll": evaluation["nll"],
+            "maskgit_bits_per_token": maskgit_train.bits_per_token(mg_state.model, test_tokens),
+            "sampling_frechet_distance": metrics.frechet_distance(shared.features, fake),
+            "sample_class_accuracy": float(np.mean(predicted == sample_labels)), "samples": len(sample_labels),
+            "maskgit_seconds": round(time.perf_counter() - started, 1)}
+
+
 def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: Sequence[int] = PAPER_SIZES,
               quantizers: Sequence[str] = KINDS, steps: int, batch_size: int = 16,
-              preset: str = "fashion-mnist", seed: int = 0, data_dir: str | None = None,
+              preset: str = "fashion-mnist", seed: int = 0, data_dir: str | None = None, maskgit_steps: int = 0,
               echo: Callable[[str], None] = progress.say) -> list[dict]:
     """Train and measure one tokenizer per (quantizer, codebook size) with equal budgets; write the study's files.
 
@@ -152,6 +215,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
       quantizers: any of "fsq", "vq", "vq-entropy", "vq-split" (see `quantizers.QuantizerConfig`).
       steps, batch_size, preset, seed: the budget and network every run shares.
+      maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels).
       echo: receives a progress line before each run, and the training loop's messages.
 
     Returns:
@@ -168,7 +232,10 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
     ae = presets.pick(presets.AUTOENCODER, preset)
     loop = train.LoopConfig(steps=steps, batch_size=batch_size, seed=seed, eval_every=steps,
                             checkpoint_every=min(CHECKPOINT_EVERY, steps))
-    settings = {"data": data_spec, "preset": preset, "steps": steps, "batch_size": batch_size, "seed": seed}
+    if maskgit_steps < 0:
+        raise InputError(f"--maskgit-steps must be >= 0 (0: no MaskGIT panels); got {maskgit_steps}")
+    settings = {"data": data_spec, "preset": preset, "steps": steps, "batch_size": batch_size, "seed": seed,
+                "maskgit_steps": maskgit_steps}
     results, shared = [], None
     for i, run in enumerate(runs, 1):
         q = run.quantizer_config
@@ -180,80 +247,10 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
         else:
             shared = shared or _SharedData(data_spec, data_dir, ae, seed, echo)  # only once something is left to do
             result = _train_and_measure(run, workdir / run.name, shared, loop, ae, settings, echo)
+            maskgit_line = (f"  MaskGIT {result['maskgit_bits_per_token']:.2f} bits/token  sampling FD "
+                            f"{result['sampling_frechet_distance']:.2f}" if "maskgit_bits_per_token" in result else "")
             echo(f"  usage {result['usage']:.1%}  PSNR {result['psnr']:.2f} dB  FD {result['frechet_distance']:.2f}  "
-                 f"{result['bits_per_token']:.2f} bits/token  ({result['seconds']:g} s)")
+                 f"entropy {result['bits_per_token']:.2f} bits/token{maskgit_line}  ({result['seconds']:g} s)")
         results.append(result)
         write_outputs(workdir, results)
     return results
-
-
-def write_outputs(workdir: str | Path, results: list[dict]) -> None:
-    """Write results.json, results.md and codebook-size.png for `results` into `workdir`."""
-    workdir = Path(workdir)
-    checkpoint.write_atomic(workdir / RESULTS_JSON, json.dumps(results, indent=2).encode())
-    checkpoint.write_atomic(workdir / RESULTS_MD, markdown(results).encode())
-    figure(results, workdir / FIGURE)
-
-
-# The study's four measurements: (title, key, how a table cell shows a run, scale of the plotted value).
-_METRICS = (
-    ("Codebook usage (codes used at least once on the test split)", "usage",
-     lambda r: f"{r['usage']:.1%} ({r['codes_used']}/{r['codebook_size']})", 100.0),
-    ("Reconstruction PSNR (dB, higher is better)", "psnr", lambda r: f"{r['psnr']:.2f}", 1.0),
-    ("Reconstruction Frechet distance (classifier features, lower is better)", "frechet_distance",
-     lambda r: f"{r['frechet_distance']:.2f}", 1.0),
-    ("Compression cost (bits per token: entropy of the codes; log2 of the codebook size in brackets)",
-     "bits_per_token", lambda r: f"{r['bits_per_token']:.2f} ({math.log2(r['codebook_size']):.2f})", 1.0),
-)
-
-
-def markdown(results: list[dict]) -> str:
-    """The study as Markdown: one table per measurement, a row per codebook size and a column per quantizer."""
-    if not results:
-        return "# Codebook-size study\n\nNo runs yet.\n"
-    first = results[0]
-    quantizers = list(dict.fromkeys(r["quantizer"] for r in results))
-    by_run = {(r["quantizer"], r["size"]): r for r in results}
-    lines = ["# Codebook-size study (paper Fig. 3)", "",
-             f"Data {first['data']}, network preset {first['preset']}, {first['steps']} steps of batch "
-             f"{first['batch_size']}, seed {first['seed']}; measured on {first['test_images']} test images. Feature "
-             f"classifier test accuracy {first['classifier_accuracy']:.1%}. The usage table gives codes used / actual "
-             "codebook size in brackets: FSQ's is the product of its levels (levels 5,3 give 15 codes for the "
-             "target 16)."]
-    for title, _, cell, _ in _METRICS:
-        lines += ["", f"## {title}", "", "| codebook size | " + " | ".join(quantizers) + " |",
-                  "|---:|" + "---:|" * len(quantizers)]
-        for size in sorted({r["size"] for r in results}):
-            cells = [cell(by_run[q, size]) if (q, size) in by_run else "-" for q in quantizers]
-            lines.append(f"| {size} | " + " | ".join(cells) + " |")
-    diagnosed = [r for r in results if r.get("channels")]
-    if diagnosed:
-        lines += ["", "## Where FSQ's unused codes come from", "",
-                  "Per FSQ run, from the test split's codes: the share of its values that the least used channel "
-                  "uses; the sum of the channels' entropies against the joint entropy (their difference, the total "
-                  "correlation, is what the channels share: value combinations that never occur together); and the "
-                  "usage expected if the channels were independent with the same marginals.", "",
-                  "| codebook size | levels | values used (worst channel) | sum of channel entropies | joint entropy "
-                  "| total correlation | usage if independent | usage |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-        for r in sorted(diagnosed, key=lambda r: r["size"]):
-            c = r["channels"]
-            lines.append(f"| {r['size']} | {','.join(map(str, r['levels']))} | {c['values_used']:.0%} | "
-                         f"{c['marginal_bits']:.2f} bits | {c['joint_bits']:.2f} bits | "
-                         f"{c['total_correlation_bits']:.2f} bits | {c['independent_usage']:.1%} | {r['usage']:.1%} |")
-    return "\n".join(lines) + "\n"
-
-
-def figure(results: list[dict], path: str | Path) -> str:
-    """Fig. 3 for this study: usage, PSNR, Frechet distance and bits per token against log2 of the codebook size."""
-    quantizers = list(dict.fromkeys(r["quantizer"] for r in results))
-    titles = ("codebook usage", "reconstruction PSNR", "reconstruction Frechet distance", "compression cost")
-    y_labels = ("usage (%)", "PSNR (dB)", "Frechet distance", "bits per token")
-    panels = []
-    for title, y_label, (_, key, _, scale) in zip(titles, y_labels, _METRICS):
-        series = {}
-        for q in quantizers:
-            runs = sorted((r for r in results if r["quantizer"] == q), key=lambda r: r["codebook_size"])
-            series[q] = ([math.log2(r["codebook_size"]) for r in runs], [r[key] * scale for r in runs])
-        panels.append(plot.Panel(title, "log2 codebook size", y_label, series,
-                                 y_range=(0.0, 100.0) if key == "usage" else None))
-    return plot.line_panels(panels, path)

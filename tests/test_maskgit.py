@@ -84,6 +84,26 @@ def test_masked_count_keeps_one_token_masked_until_the_last_step(steps, unknown)
         assert counts[-2] == 1  # the lone remaining token is decided by the last step, not before
 
 
+@pytest.mark.parametrize("seq_len", [1, 5, 12, 49])
+def test_coding_schedule_reveals_every_position_once(seq_len):
+    known = maskgit_train.coding_schedule(seq_len)
+    assert known[0] == 0 and known[-1] == seq_len and np.all(np.diff(known) >= 0)
+    assert len(known) == maskgit_train.CODING_STEPS + 1
+
+
+def test_code_lengths_are_a_valid_code():
+    # Every sequence of a 1x2 grid over 3 codes: the code lengths of a (random) model satisfy Kraft's equality, as
+    # the lengths of a probability distribution over all 9 sequences do; a model that knows nothing costs log2 K.
+    config = presets.maskgit("tiny", codebook_size=3, num_classes=1, grid=(1, 2))
+    model = maskgit.MaskGIT(config, key=jr.key(3))
+    every = np.array(list(itertools.product(range(3), repeat=2)), np.int32).reshape(9, 1, 2)
+    bits = np.array([maskgit_train.bits_per_token(model, grid[None]) * 2 for grid in every])
+    assert np.sum(2.0 ** -bits) == pytest.approx(1.0, abs=1e-4) and bits.std() > 0.01
+    knows_nothing = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), model,
+                                (jnp.zeros_like(model.head.weight), jnp.zeros_like(model.head.bias)))
+    assert maskgit_train.bits_per_token(knows_nothing, every) == pytest.approx(math.log2(3), rel=1e-5)
+
+
 def test_training_masks_cover_at_least_the_minimum_fraction():
     for seq_len in (1, 12, 49, 256):
         masks = jax.vmap(maskgit.random_mask, (0, None))(jr.split(jr.key(seq_len), 2000), seq_len)
@@ -123,6 +143,9 @@ def test_a_few_steps_overfit_a_handful_of_sequences(config):
         state, stats, hist = step(state, (tokens, labels), jr.key(i), jnp.float32(3e-3))
     after = maskgit_train.evaluate(state.model, tokens, labels, key=jr.key(0))
     assert after["loss"] < 0.5 * before["loss"] and after["accuracy"] > 0.9
+    # What the model learned shortens the code: under half the bits of the untrained model.
+    untrained = maskgit.MaskGIT(config, key=jr.key(1))
+    assert maskgit_train.bits_per_token(state.model, tokens) < 0.5 * maskgit_train.bits_per_token(untrained, tokens)
     assert hist.dtype == jnp.int32 and hist.shape == (K,) and hist.sum() >= math.ceil(0.45 * S) * 8
     assert maskgit_train.evaluate(state.model, tokens, labels, key=jr.key(0), batch_size=3) == pytest.approx(after)
 

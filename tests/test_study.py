@@ -10,11 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fsq_ref import features, plot, study, train
+from fsq_ref import features, plot, study, study_report, train
 from fsq_ref.errors import InputError
 
 TINY = dict(data_spec="procedural:64", sizes=(16, 64), quantizers=("fsq", "vq"), steps=3, batch_size=16,
-            preset="tiny", seed=0)
+            preset="tiny", seed=0, maskgit_steps=2)
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,15 @@ def tiny_study(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FSQ_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         mp.setattr(features, "TRAIN_STEPS", 2)  # the feature classifier's quality does not matter here
+        mp.setattr(study, "MASKGIT_PRESET", "tiny")
+        mp.setattr(study, "SAMPLES_PER_CLASS", 3)
         results = study.run_study(workdir, **TINY, echo=lines.append)
     return workdir, results, lines
 
 
 def test_study_writes_every_run_with_measurements_in_range(tiny_study):
     workdir, results, lines = tiny_study
-    assert json.loads((workdir / study.RESULTS_JSON).read_text()) == results
+    assert json.loads((workdir / study_report.RESULTS_JSON).read_text()) == results
     assert [(r["quantizer"], r["size"]) for r in results] == [("fsq", 16), ("vq", 16), ("fsq", 64), ("vq", 64)]
     for r in results:
         assert r["steps"] == 3 and (workdir / r["run"] / study.RESULT).is_file()
@@ -40,9 +42,19 @@ def test_study_writes_every_run_with_measurements_in_range(tiny_study):
         assert r["codes_used"] == round(r["usage"] * r["codebook_size"])
     assert [r["codebook_size"] for r in results] == [15, 16, 64, 64]  # FSQ's levels (5, 3) give 15 codes
     assert "[3/4] fsq, 64 codes (levels 8,8: 64 codes)" in lines and "[2/4] vq, 16 codes" in lines
-    table = (workdir / study.RESULTS_MD).read_text()
+    table = (workdir / study_report.RESULTS_MD).read_text()
     assert "| codebook size | fsq | vq |" in table and "/15)" in table  # FSQ's 15 codes at size 16
-    assert Image.open(workdir / study.FIGURE).size[0] > 400
+    # Fig. 3's MaskGIT panels for FSQ (in study.MASKGIT_KINDS), not for plain VQ.
+    for r in results:
+        assert ("maskgit_bits_per_token" in r) == (r["quantizer"] == "fsq")
+    for r in results[::2]:
+        assert 0 < r["maskgit_bits_per_token"] < math.log2(r["codebook_size"]) + 1
+        assert r["sampling_frechet_distance"] >= 0 and 0 <= r["sample_class_accuracy"] <= 1
+        assert (workdir / r["run"] / "maskgit" / "checkpoint.fsq").is_file()
+    assert "## Compression cost with a masked transformer" in table and "## Sampling Frechet distance" in table
+    assert f"| 16 | {results[0]['maskgit_bits_per_token']:.2f} ({results[0]['bits_per_token']:.2f}) | - |" in table
+    width, height = Image.open(workdir / study_report.FIGURE).size
+    assert width > 400 and height > 3 * plot.PANEL_SIZE[1]  # six panels in three rows
 
 
 def test_study_run_again_skips_every_run(tiny_study, monkeypatch):
@@ -62,22 +74,29 @@ def test_study_resumes_a_run_without_result(tiny_study, tmp_path, monkeypatch):
     workdir, results, _ = tiny_study
     copy = tmp_path / "study"
     shutil.copytree(workdir, copy)
-    (copy / "vq-64" / study.RESULT).unlink()  # as if stopped after training, before measuring
+    for name in ("fsq-64", "vq-64"):
+        (copy / name / study.RESULT).unlink()  # as if stopped after training, before measuring
     calls = []
     real_run = train.run
     monkeypatch.setattr(train, "run", lambda *a, **kw: calls.append(kw["resume"]) or real_run(*a, **kw))
     monkeypatch.setattr(features, "TRAIN_STEPS", 2)
+    monkeypatch.setattr(study, "MASKGIT_PRESET", "tiny")
+    monkeypatch.setattr(study, "SAMPLES_PER_CLASS", 3)
     monkeypatch.setenv("FSQ_CACHE_DIR", str(tmp_path / "cache"))
     again = study.run_study(copy, **TINY, echo=lambda line: None)
-    assert calls == [True]
-    assert again[:3] == results[:3] and again[3]["resumed"]
-    assert again[3]["psnr"] == pytest.approx(results[3]["psnr"])  # the resumed run had no steps left
+    assert calls == [True, True, True]  # fsq-64's tokenizer and its MaskGIT, vq-64's tokenizer: each resumed
+    assert again[:2] == results[:2] and again[2]["resumed"] and again[3]["resumed"]
+    for key in ("psnr", "maskgit_bits_per_token", "sampling_frechet_distance"):  # the resumed runs had no steps left
+        assert again[2][key] == pytest.approx(results[2][key])
+    assert again[3]["psnr"] == pytest.approx(results[3]["psnr"])
 
 
 def test_study_refuses_runs_made_with_other_settings(tiny_study):
     workdir, _, _ = tiny_study
     with pytest.raises(InputError, match="steps = 3, not 4"):
         study.run_study(workdir, **{**TINY, "steps": 4}, echo=lambda line: None)
+    with pytest.raises(InputError, match="maskgit_steps = 2, not 5"):
+        study.run_study(workdir, **{**TINY, "maskgit_steps": 5}, echo=lambda line: None)
 
 
 def test_plan_checks_every_size_before_training():
