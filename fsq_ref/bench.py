@@ -5,6 +5,8 @@ Areas:
   over a million vectors, in vectors/s; for FSQ also the share of the device's memory bandwidth it reaches (bytes
   read and written over time, against an elementwise pass over a large array timed in the same run: the fastest a
   memory-bound kernel can go).
+- folders: reading a folder of JPEG files (`image_files.ImageFolder`: decode, resize, centre crop) at 128 and 256
+  px, one file at a time and with the thread pool that training uses, in images/s.
 - tokenizer, maskgit, uvim: one training step of each trainer on its default preset (images/s, tokens/s), the data
   pipeline's rate for the same batches (host batch assembly + transfer to the devices; it must outrun the step), and
   the compilations seen while the timed steps ran (0: one compilation per shape). Then generation: MaskGIT at
@@ -17,19 +19,23 @@ waited for only once per repeat.
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from PIL import Image
 
-from fsq_ref import data, dense, dense_tasks, fsq, maskgit, maskgit_train, presets, tokenizer, uvim, uvim_train, vq
+from fsq_ref import (data, dense, dense_tasks, fsq, image_files, maskgit, maskgit_train, presets, tokenizer, uvim,
+                     uvim_train, vq)
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 
-AREAS = ("quantizers", "tokenizer", "maskgit", "uvim")
+AREAS = ("quantizers", "folders", "tokenizer", "maskgit", "uvim")
 
 
 def median_seconds(fn: Callable, *args, repeats: int = 5, budget: float = 60.0) -> tuple[float, int]:
@@ -105,6 +111,29 @@ def quantizers(vectors: int = 1_000_000, repeats: int = 5) -> list[str]:
             f"| FSQ [8,5,5,5], quantize + indices, {vectors:,} vectors | {vectors / t_fsq / 1e6:.1f} M | "
             f"{moved / t_fsq / 1e9:.1f} GB/s | {moved / t_fsq / bandwidth:.0%} |",
             f"| VQ, 1024 codes, D 4, nearest neighbour | {vectors / t_vq / 1e6:.2f} M | - | - |"]
+
+
+def folders(files: int = 128, batch_size: int = 64, repeats: int = 3) -> list[str]:
+    """Images/s of reading a folder of 400x300 JPEGs (photo-like: smooth gradients plus noise) into batches."""
+    rng = np.random.default_rng(0)
+    lines = ["| folder of JPEGs (400x300) | batch | one file at a time | thread pool | threads |",
+             "|---|---:|---:|---:|---:|"]
+    with tempfile.TemporaryDirectory() as root:
+        y, x = np.mgrid[0:300, 0:400]
+        for i in range(files):
+            base = np.stack([x * (i % 7 + 1) / 12, y * (i % 5 + 1) / 8, (x + y) / 3], -1) % 256
+            pixels = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(Path(root, f"{i:04d}.jpg"), quality=90)
+        idx = np.arange(batch_size)
+        for size in (128, 256):
+            rates = {}
+            for threads in (1, None):
+                ds = image_files.folder(root, "all", 0, size, 3)
+                ds.threads = threads or ds.threads
+                seconds, _ = median_seconds(lambda: ds.get(idx)[0], repeats=repeats)
+                rates[threads] = batch_size / seconds
+            lines.append(f"| {size} px | {batch_size} | {rates[1]:,.0f} | {rates[None]:,.0f} | {ds.threads} |")
+    return lines
 
 
 def _training_row(name: str, unit: str, per_batch: int, task, batch_size: int, repeats: int = 5,
@@ -206,7 +235,7 @@ def uvim_area(batch_size: int = 32, decode_batch: int = 256, repeats: int = 3) -
 
 def run(areas=AREAS, echo: Callable[[str], None] = print) -> str:
     """Measure `areas`, echo each table as it is ready, and return the whole report as Markdown."""
-    parts = {"quantizers": quantizers, "tokenizer": tokenizer_area, "maskgit": maskgit_area, "uvim": uvim_area}
+    parts = {"quantizers": quantizers, "folders": folders, "tokenizer": tokenizer_area, "maskgit": maskgit_area, "uvim": uvim_area}
     report = [header(), ""]
     echo(report[0])
     for area in areas:

@@ -110,7 +110,7 @@ def study_group():
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--preset", type=click.Choice(presets.AUTOENCODER), default="fashion-mnist", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--maskgit-steps", type=int, default=0, show_default=True,
+@click.option("--maskgit-steps", type=int, default=600, show_default=True,
               help=f"train a MaskGIT this long on the tokens of each {' and '.join(study.MASKGIT_KINDS)} run, for the "
                    "masked-transformer bits per token and the sampling Frechet distance (0: skip)")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False))

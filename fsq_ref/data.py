@@ -13,10 +13,12 @@ Legend: N examples in a split, B batch, H W image height and width, C channels (
 
 from __future__ import annotations
 
+import collections
 import gzip
 import itertools
 import os
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterator, Protocol, TypeVar
 
@@ -142,13 +144,29 @@ def local_rows(idx: np.ndarray) -> np.ndarray:
     return idx[jax.process_index() * rows:(jax.process_index() + 1) * rows]
 
 
+PREFETCH = 2  # training batches fetched ahead, in a background thread, while the step runs
+
+
 def step_batches(n: int, batch_size: int, seed: int, start_step: int,
                  fetch: Callable[[np.ndarray], T]) -> Iterator[T]:
     """`fetch(rows)` for the training batches of step = start_step, start_step + 1, ... forever, `rows` being this
     process's rows (`local_rows`) of the example indices of that step (`batch_indices`). Every trainer draws its
-    batches this way, whatever its data: images, token grids, dense-prediction pairs."""
-    for step in itertools.count(start_step):
-        yield fetch(local_rows(batch_indices(n, batch_size, seed, step)))
+    batches this way, whatever its data: images, token grids, dense-prediction pairs.
+
+    The next PREFETCH batches are fetched in a background thread while the caller works on this one (reading and
+    resizing image files overlaps the training step); the batches and their order do not change, and an error in
+    `fetch` is raised where its batch is consumed.
+    """
+    rows = (local_rows(batch_indices(n, batch_size, seed, step)) for step in itertools.count(start_step))
+    with ThreadPoolExecutor(1) as pool:
+        pending = collections.deque(pool.submit(fetch, next(rows)) for _ in range(PREFETCH))
+        try:
+            while True:
+                pending.append(pool.submit(fetch, next(rows)))
+                yield pending.popleft().result()
+        finally:  # the consumer stopped: drop what was fetched ahead
+            for future in pending:
+                future.cancel()
 
 
 def iterate(ds: Dataset, batch_size: int, *, seed: int,

@@ -10,7 +10,9 @@ images at the top level are unlabelled. An .npz file may hold `labels`.
 
 from __future__ import annotations
 
+import os
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,26 +25,38 @@ HELD_OUT_FRACTION = 10  # without train/ and test/ subfolders, 1/10 of the image
 
 
 class ImageFolder:
-    """A folder of PNG/JPEG files, decoded lazily in `get` so that a folder larger than memory still works."""
+    """A folder of PNG/JPEG files, decoded lazily in `get` so that a folder larger than memory still works.
+
+    A batch's files are decoded and resized by `threads` threads (default: one per CPU core); Pillow releases the
+    interpreter lock while it decodes and resamples, so they run in parallel. (The training loop also fetches the
+    next batches in the background while a step runs: `data.step_batches`.)
+    """
 
     def __init__(self, paths: list[Path], labels: np.ndarray | None, class_names: tuple[str, ...] | None,
-                 image_size: int, channels: int):
+                 image_size: int, channels: int, threads: int | None = None):
         self.paths, self.labels, self.class_names = paths, labels, class_names
         self.num_classes = None if class_names is None else len(class_names)
         self.image_shape = (image_size, image_size, channels)
+        self.threads = threads or os.cpu_count() or 1
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _read(self, path: Path) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                return fit(image, *self.image_shape[1:])
+        except OSError as e:  # also PIL's UnidentifiedImageError
+            raise InputError(f"cannot read image {path} ({e}): delete or replace the file") from None
+
     def get(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        out = np.empty((len(idx), *self.image_shape), np.uint8)
-        for i, j in enumerate(idx):
-            path = self.paths[j]
-            try:
-                with Image.open(path) as image:
-                    out[i] = fit(image, *self.image_shape[1:])
-            except OSError as e:  # also PIL's UnidentifiedImageError
-                raise InputError(f"cannot read image {path} ({e}): delete or replace the file") from None
+        paths = [self.paths[j] for j in idx]
+        if self.threads == 1 or len(paths) < 2:
+            images = [self._read(path) for path in paths]
+        else:
+            with ThreadPoolExecutor(min(self.threads, len(paths))) as pool:
+                images = list(pool.map(self._read, paths))
+        out = np.stack(images) if images else np.empty((0, *self.image_shape), np.uint8)
         return out, None if self.labels is None else self.labels[idx]
 
 

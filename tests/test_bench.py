@@ -35,3 +35,9 @@ def test_quantizer_table():
 def test_cli_rejects_unknown_areas():
     assert invoke("bench", "--help").exit_code == 0
     assert_bad_input(invoke("bench", "--areas", "quantizers,speed"), "unknown --areas")
+
+
+def test_folder_table():
+    lines = bench.folders(files=4, batch_size=4, repeats=1)
+    assert len(lines) == 4 and lines[2].startswith("| 128 px | 4 |") and lines[3].startswith("| 256 px | 4 |")
+    assert all(float(cell.replace(",", "")) > 0 for line in lines[2:] for cell in line.split("|")[3:5])

@@ -1,6 +1,7 @@
 """Tests for fsq_ref.data: every source's contract, the error messages, and the determinism that resume relies on."""
 
 import gzip
+import time
 
 import numpy as np
 import pytest
@@ -212,6 +213,21 @@ def test_image_folder_is_lazy_and_names_unreadable_files(tmp_path, monkeypatch):
     assert len(opened) == 2
     with pytest.raises(InputError, match="5.png"):
         ds.get(np.array([5]))
+    with pytest.raises(InputError, match="5.png"):  # also from the thread pool, among readable files
+        ds.get(np.array([4, 5, 6]))
+
+
+def test_image_folder_threads_read_the_same_batch(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (30 + i, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    ds = data.load(str(tmp_path), "all", image_size=12)
+    idx = np.array([5, 0, 3, 3, 1])
+    ds.threads = 1
+    one = ds.get(idx)[0]
+    ds.threads = 4
+    np.testing.assert_array_equal(ds.get(idx)[0], one)
+    assert one.shape == (5, 12, 12, 3) and not np.array_equal(one[0], one[1])
 
 
 def test_image_folder_rejects_loose_files_and_empty_folders(tmp_path):
@@ -263,6 +279,28 @@ def test_iterate_resumes_exactly():
         again_images, again_labels = next(resumed)
         np.testing.assert_array_equal(images, again_images)
         np.testing.assert_array_equal(labels, again_labels)
+
+
+def test_step_batches_fetch_ahead_without_changing_the_batches():
+    fetched = []
+
+    def fetch(rows):
+        fetched.append(rows)
+        if len(fetched) == 9:
+            raise InputError("the ninth batch is unreadable")
+        return rows * 10
+
+    batches = data.step_batches(40, 8, 3, 2, fetch)
+    for step in range(2, 7):
+        np.testing.assert_array_equal(next(batches), data.batch_indices(40, 8, 3, step) * 10)
+    deadline = time.monotonic() + 30  # the background thread fetches the next PREFETCH batches, no more
+    while len(fetched) < 5 + data.PREFETCH and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    assert len(fetched) == 5 + data.PREFETCH
+    with pytest.raises(InputError, match="ninth"):
+        for _ in range(10):
+            next(batches)  # the error is raised where its batch is consumed
 
 
 @given(st.integers(1, 100), st.integers(1, 40))

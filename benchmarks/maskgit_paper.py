@@ -1,0 +1,163 @@
+"""The paper's MaskGIT comparison at Fashion-MNIST scale: FSQ [8,5,5,5] (1000 codes) against VQ with 1024 codes and
+MaskGIT's entropy loss (`vq-entropy`: commitment 0.25, entropy weight 0.1), everything else alike.
+
+For each quantizer: one tokenizer (default preset, --tokenizer-steps), both splits encoded, then per seed in --seeds a
+MaskGIT (default preset, --maskgit-steps) trained on the train tokens, its last 1/20 held out (the validation split:
+never trained on, and the only data the sampling options are chosen on). Per MaskGIT:
+
+1. the held-out masked-token NLL along training (has it flattened?);
+2. guidance and temperature chosen on validation: --val-per-class samples per class for each pair of the grid, scored
+   by Frechet distance against the validation images (the classifier features of `features.py`);
+3. with the chosen pair, --test-per-class samples per class scored against the whole test split: Frechet distance,
+   precision, recall, and the classifier's accuracy on the samples' classes.
+
+Each tokenizer also gets its codebook usage on the test split and the Frechet distance of its reconstructions of as
+many test images as there are test samples (the best any MaskGIT on its tokens can do). Prints a table like the
+paper's (mean +- std over seeds) and writes WORKDIR/results.json; finished stages in WORKDIR are reused.
+
+    python benchmarks/maskgit_paper.py [--workdir runs/maskgit-paper] [--quick]
+"""
+
+import argparse
+import itertools
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.random as jr
+import numpy as np
+
+from fsq_ref import data, features, maskgit_train, tokenizer, tokens
+
+QUANTIZERS = {
+    "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
+    "vq-entropy": ("VQ 1024 codes, entropy loss", ["--quantizer", "vq-entropy", "--codebook-size", "1024"]),
+}
+QUICK = dict(tokenizer_steps=200, maskgit_steps=200, seeds="0", guidance="0,1", temperatures="1.0", val_per_class=20,
+             test_per_class=50)
+
+
+def fsq_cli(*args) -> None:
+    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+
+
+def floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",")]
+
+
+def tokenizer_stage(folder: Path, options: list[str], args) -> None:
+    if not (folder / "tokenizer" / "checkpoint.fsq").exists():
+        fsq_cli("train", "autoencoder", "--data", "fashion-mnist", *options, "--steps", args.tokenizer_steps,
+                "--eval-every", args.tokenizer_steps, "--workdir", folder / "tokenizer")
+    for split in ("train", "test"):
+        if not (folder / f"tokens-{split}.npz").exists():
+            fsq_cli("encode", "--workdir", folder / "tokenizer", "--split", split,
+                    "--out", folder / f"tokens-{split}.npz")
+
+
+def quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_dir: Path, per_class: int, guidance: float,
+            temperature: float, seed: int) -> dict:
+    labels = np.repeat(np.arange(10, dtype=np.int32), per_class)
+    _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), guidance=guidance,
+                                            temperature=temperature)
+    return features.sample_quality(classifier, real, fake, labels)
+
+
+def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, test: np.ndarray, args) -> dict:
+    run = folder / f"maskgit-seed{seed}"
+    result_path = run / "paper-comparison.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    if not (run / "checkpoint.fsq").exists():
+        fsq_cli("train", "maskgit", "--tokens", folder / "tokens-train.npz", "--steps", args.maskgit_steps,
+                "--eval-every", max(1, args.maskgit_steps // 8), "--seed", seed, "--workdir", run)
+    log = [json.loads(line) for line in open(run / "metrics.jsonl")]
+    nll = [(r["step"], r["nll"]) for r in log if r.get("split") == "eval"]
+    grid = {}
+    for g, t in itertools.product(floats(args.guidance), floats(args.temperatures)):
+        grid[f"{g:g},{t:g}"] = quality(classifier, validation, run, folder / "tokenizer", args.val_per_class, g, t,
+                                       seed)["frechet_distance"]
+    best = min(grid, key=grid.get)
+    g, t = map(float, best.split(","))
+    result = {"seed": seed, "held_out_nll": nll, "validation_fd": grid, "guidance": g, "temperature": t,
+              "test": quality(classifier, test, run, folder / "tokenizer", args.test_per_class, g, t, 1000 + seed)}
+    result_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def tokenizer_scores(folder: Path, classifier, test: np.ndarray, test_labels: np.ndarray, count: int) -> dict:
+    test_tokens = tokens.load(folder / "tokens-test.npz")
+    usage = len(np.unique(test_tokens.indices)) / test_tokens.codebook_size
+    model, qstate, _ = tokenizer.load(folder / "tokenizer")
+    pick = np.random.default_rng(0).choice(len(test), size=min(count, len(test)), replace=False)
+    recon = tokenizer.reconstruct_all(model, qstate, test[pick])
+    return {"usage": usage, "reconstruction": features.sample_quality(classifier, test, recon, test_labels[pick])}
+
+
+def last_quarter(nll: list[tuple[int, float]]) -> float:
+    """The change of the held-out NLL over the last quarter of training (near 0: flattened)."""
+    last_step = nll[-1][0]
+    earlier = min(nll, key=lambda point: abs(point[0] - 0.75 * last_step))
+    return nll[-1][1] - earlier[1]
+
+
+def mean_std(values: list[float], fmt: str) -> str:
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/maskgit-paper")
+    parser.add_argument("--tokenizer-steps", type=int, default=3000)
+    parser.add_argument("--maskgit-steps", type=int, default=4000)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--guidance", default="0,0.5,1,2", help="the guidance values tried on validation")
+    parser.add_argument("--temperatures", default="0.9,1.0", help="the sampling temperatures tried on validation")
+    parser.add_argument("--val-per-class", type=int, default=100)
+    parser.add_argument("--test-per-class", type=int, default=1000)
+    parser.add_argument("--quick", action="store_true", help="a check that everything runs: " + str(QUICK))
+    args = parser.parse_args()
+    if args.quick:
+        vars(args).update(QUICK)
+    seeds = [int(s) for s in args.seeds.split(",")]
+
+    classifier, info = features.load_or_train("fashion-mnist")
+    train_images = data.load("fashion-mnist", "train").get(np.arange(60000))[0]
+    validation = train_images[len(train_images) - len(train_images) // maskgit_train.HELD_OUT_FRACTION:]
+    test_images, test_labels = data.load("fashion-mnist", "test").get(np.arange(10000))
+    results = {}
+    for key, (name, options) in QUANTIZERS.items():
+        folder = Path(args.workdir) / key
+        folder.mkdir(parents=True, exist_ok=True)
+        tokenizer_stage(folder, options, args)
+        runs = [maskgit_stage(folder, seed, classifier, validation, test_images, args) for seed in seeds]
+        results[key] = {"name": name, "runs": runs,
+                        **tokenizer_scores(folder, classifier, test_images, test_labels, 10 * args.test_per_class)}
+        print(f"{name}: done", flush=True)
+    Path(args.workdir, "results.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
+
+    print(f"\nFashion-MNIST; tokenizer {args.tokenizer_steps} steps; MaskGIT {args.maskgit_steps} steps, "
+          f"seeds {seeds}; "
+          f"guidance and temperature chosen on {len(validation)} validation images ({args.val_per_class} samples per "
+          f"class); test: {10 * args.test_per_class} samples against {len(test_images)} test images; feature "
+          f"classifier accuracy {info['accuracy']:.1%}\n")
+    print("| tokens | sample FD | precision | recall | class accuracy | codebook usage | recon FD | "
+          "held-out NLL (last) | NLL change over the last quarter | guidance, temperature chosen |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results.values():
+        test = [run["test"] for run in r["runs"]]
+        column = lambda key, fmt: mean_std([t[key] for t in test], fmt)  # noqa: E731
+        chosen = "; ".join(f"{run['guidance']:g}, {run['temperature']:g}" for run in r["runs"])
+        print(f"| {r['name']} | {column('frechet_distance', '.2f')} | {column('precision', '.3f')} | "
+              f"{column('recall', '.3f')} | {column('label_accuracy', '.1%')} | {r['usage']:.1%} | "
+              f"{r['reconstruction']['frechet_distance']:.2f} | "
+              f"{mean_std([run['held_out_nll'][-1][1] for run in r['runs']], '.3f')} | "
+              f"{mean_std([last_quarter(run['held_out_nll']) for run in r['runs']], '+.3f')} | {chosen} |")
+
+
+if __name__ == "__main__":
+    main()
