@@ -12,10 +12,16 @@ Areas:
   the compilations seen while the timed steps ran (0: one compilation per shape). Then generation: MaskGIT at
   batch 256 with 12 steps, and UViM stage II decoding (greedy, batch 256), each one compiled call.
 
+Model FLOP utilisation (MFU): the FLOPs of the matrix products and convolutions of one step or generation call
+(`flops.count`, on the traced function) over its median time, as a fraction of the rate of a large float32 matrix
+product timed in the same run (`matmul_rate`; about 300 GFLOP/s on a 2-core x86 server): how close a step comes to
+what the device does at best.
+
 Every figure is a median over repeats after a warm-up call (which compiles). Times are wall clock: the host is
 waited for only once per repeat.
 """
 
+import functools
 import platform
 import statistics
 import sys
@@ -30,8 +36,8 @@ import jax.random as jr
 import numpy as np
 from PIL import Image
 
-from fsq_ref import (data, dense, dense_tasks, fsq, image_files, maskgit, maskgit_train, presets, tokenizer, uvim,
-                     uvim_train, vq)
+from fsq_ref import (data, dense, dense_tasks, flops, fsq, image_files, maskgit, maskgit_train, presets, tokenizer,
+                     uvim, uvim_train, vq)
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 
@@ -48,6 +54,19 @@ def median_seconds(fn: Callable, *args, repeats: int = 5, budget: float = 60.0) 
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - start)
     return statistics.median(times), len(times)
+
+
+@functools.cache
+def matmul_rate(n: int = 2048) -> float:
+    """FLOP/s of an n x n by n x n float32 matrix product (2 n^3 FLOPs), median of 5: the reference for MFU."""
+    a, b = jr.normal(jr.key(0), (n, n)), jr.normal(jr.key(1), (n, n))
+    seconds, _ = median_seconds(jax.jit(jnp.matmul), a, b)
+    return 2 * n**3 / seconds
+
+
+def mfu_cells(count: float, seconds: float) -> str:
+    """Table cells 'GFLOP per call | MFU' for a call of `count` FLOPs taking `seconds`."""
+    return f"{count / 1e9:,.2f} | {count / seconds / matmul_rate():.0%}"
 
 
 class CompileCounter:
@@ -68,7 +87,8 @@ class CompileCounter:
 def header() -> str:
     device = jax.devices()[0]
     return (f"device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
-            f"python {platform.python_version()}; command: fsq bench {' '.join(sys.argv[2:])}".rstrip())
+            f"python {platform.python_version()}; float32 matmul (2048^3, the MFU reference): "
+            f"{matmul_rate() / 1e9:,.0f} GFLOP/s; command: fsq bench {' '.join(sys.argv[2:])}".rstrip())
 
 
 def fsq_fn(levels: tuple[int, ...]):
@@ -142,6 +162,7 @@ def _training_row(name: str, unit: str, per_batch: int, task, batch_size: int, r
     state = task.init_state(jr.key(0))
     batches = task.batches(0)
     put = lambda batch: jax.device_put(batch)
+    step_flops = flops.count(task.step, state, put(next(batches)), jr.key(0), jnp.float32(1e-4))
     state, *_ = task.step(state, put(next(batches)), jr.key(0), jnp.float32(1e-4))  # compiles
     step_times = []
     with CompileCounter() as compiles:
@@ -160,11 +181,13 @@ def _training_row(name: str, unit: str, per_batch: int, task, batch_size: int, r
         data_times.append((time.perf_counter() - start) / steps)
     step, pipeline = statistics.median(step_times), statistics.median(data_times)
     return (f"| {name} | {batch_size} | {per_batch * batch_size / step:,.0f} {unit}/s | {1 / step:.1f} | "
-            f"{1 / pipeline:,.0f} ({step / pipeline:,.0f}x the step) | {compiles.count} |")
+            f"{mfu_cells(step_flops, step)} | {1 / pipeline:,.0f} ({step / pipeline:,.0f}x the step) | "
+            f"{compiles.count} |")
 
 
-TRAINING_HEAD = ["| training step | batch | throughput | steps/s | data pipeline batches/s | compilations while timed |",
-                 "|---|---:|---:|---:|---:|---:|"]
+TRAINING_HEAD = ["| training step | batch | throughput | steps/s | GFLOP/step | MFU | data pipeline batches/s | "
+                 "compilations while timed |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+GENERATION_HEAD = ["| generation | batch | images/s | GFLOP/call | MFU |", "|---|---:|---:|---:|---:|"]
 
 
 def _images(n: int = 2048) -> data.ArrayDataset:
@@ -193,11 +216,11 @@ def maskgit_area(batch_size: int = 64, generate_batch: int = 256, repeats: int =
     row = _training_row("MaskGIT, fashion-mnist preset, 7x7 tokens", "tokens", 49, task, batch_size)
     model = task.init_state(jr.key(0)).model
     masked = jnp.full((generate_batch, 49), config.mask_token, jnp.int32)
-    seconds, _ = median_seconds(lambda key: maskgit.generate(model, masked, jnp.asarray(labels[:generate_batch]),
-                                                             key, steps=12), jr.key(1), repeats=repeats)
-    return TRAINING_HEAD + [row, "", "| generation | batch | images/s |", "|---|---:|---:|",
+    generate = lambda key: maskgit.generate(model, masked, jnp.asarray(labels[:generate_batch]), key, steps=12)  # noqa: E731
+    seconds, _ = median_seconds(generate, jr.key(1), repeats=repeats)
+    return TRAINING_HEAD + [row, "", *GENERATION_HEAD,
                             f"| MaskGIT, 12 steps, one compiled call | {generate_batch} | "
-                            f"{generate_batch / seconds:,.0f} |"]
+                            f"{generate_batch / seconds:,.0f} | {mfu_cells(flops.count(generate, jr.key(1)), seconds)} |"]
 
 
 class _LMStepTask:
@@ -227,15 +250,17 @@ def uvim_area(batch_size: int = 32, decode_batch: int = 256, repeats: int = 3) -
     lm_row = _training_row("UViM stage II, quick preset, 16-token codes", "images", 1, lm_task, batch_size)
     lm = lm_task.init_state(jr.key(0)).model
     context = task.context(train_ds.batch(np.arange(decode_batch) % len(train_ds)))
-    seconds, _ = median_seconds(lambda key: uvim.generate_code(lm, context, key), jr.key(1), repeats=repeats)
-    return TRAINING_HEAD + [row, lm_row, "", "| generation | batch | images/s |", "|---|---:|---:|",
+    decode = lambda key: uvim.generate_code(lm, context, key)  # noqa: E731
+    seconds, _ = median_seconds(decode, jr.key(1), repeats=repeats)
+    return TRAINING_HEAD + [row, lm_row, "", *GENERATION_HEAD,
                             f"| UViM stage II, greedy, {oracle.grid ** 2} tokens, quick preset | {decode_batch} | "
-                            f"{decode_batch / seconds:,.0f} |"]
+                            f"{decode_batch / seconds:,.0f} | {mfu_cells(flops.count(decode, jr.key(1)), seconds)} |"]
 
 
 def run(areas=AREAS, echo: Callable[[str], None] = print) -> str:
     """Measure `areas`, echo each table as it is ready, and return the whole report as Markdown."""
-    parts = {"quantizers": quantizers, "folders": folders, "tokenizer": tokenizer_area, "maskgit": maskgit_area, "uvim": uvim_area}
+    parts = {"quantizers": quantizers, "folders": folders, "tokenizer": tokenizer_area, "maskgit": maskgit_area,
+             "uvim": uvim_area}
     report = [header(), ""]
     echo(report[0])
     for area in areas:
