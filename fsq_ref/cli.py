@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed,
+from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed, export,
                      presets, quantizers, runs, study, tokenizer, tokens, train)
 from fsq_ref.cli_options import (choice_list, int_list, print_metrics, run_training, save_npz, with_data_options,
                                  with_training_options)
@@ -261,6 +261,23 @@ def info(workdir):
     """
     for name, value in runs.describe(workdir).items():
         click.echo(f"{name:>18}: {value}")
+
+
+@main.command("export")
+@click.argument("workdir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="safetensors", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the file to write")
+def export_command(workdir, fmt, out):
+    """Write a trained model's weights under flat names (e.g. autoencoder.encoder.stem.weight), with its config as
+    JSON metadata, for use without fsq-ref (names and layouts: README, "Exporting weights").
+
+    \b
+    Example:
+      fsq export runs/fsq --format safetensors --out runs/fsq.safetensors
+    """
+    arrays = export.export(workdir, out, fmt)
+    count = sum(a.size for a in arrays.values())
+    click.echo(f"wrote {out}: {len(arrays)} arrays, {count} numbers ({fmt})")
 
 
 if __name__ == "__main__":

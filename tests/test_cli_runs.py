@@ -2,6 +2,7 @@
 options are refused in one line, logs show progress, one run per folder, and run folders describe themselves; runs
 fine-tune from other runs, export their weights for use without fsq-ref, and log to TensorBoard."""
 
+import json
 import os
 import re
 import struct
@@ -20,6 +21,7 @@ import fsq_ref
 from fsq_ref import checkpoint, export, finetune, fsq, presets, quantizers, runlock, tokenizer
 from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
+from test_snippets import python_blocks
 
 FOLDER_IMAGES = 40
 
@@ -217,6 +219,67 @@ def test_fine_tuning_carries_the_vq_dictionary_over(tmp_path):
         for a, b in zip(jax.tree.leaves(eqx.filter(got, eqx.is_array)), jax.tree.leaves(eqx.filter(want, eqx.is_array))):
             np.testing.assert_array_equal(a, b)
     assert origin["step"] == 7
+
+
+def _numpy_encoder(w: dict, autoencoder: dict, x: np.ndarray) -> np.ndarray:
+    """The tokenizer's encoder from an export's flat arrays alone (NumPy, and jax.lax for the convolutions):
+    image [H, W, C] in [-1, 1] -> latents [h, w, D]."""
+    def conv(name, x):
+        kernel = w[f"{name}.weight"]
+        pad = kernel.shape[-1] // 2
+        return np.asarray(jax.lax.conv_general_dilated(x[None], kernel, (1, 1), [(pad, pad)] * 2))[0] + w[f"{name}.bias"]
+
+    def norm(name, x):  # GroupNorm: groups = the largest divisor of the channels up to 32, eps 1e-5
+        groups = max(g for g in range(1, min(32, len(x)) + 1) if len(x) % g == 0)
+        g = x.reshape(groups, -1)
+        g = (g - g.mean(1, keepdims=True)) / np.sqrt(g.var(1, keepdims=True) + 1e-5)
+        return g.reshape(x.shape) * w[f"{name}.weight"][:, None, None] + w[f"{name}.bias"][:, None, None]
+
+    def swish(x):
+        return x / (1 + np.exp(-x))
+
+    def block(name, x):
+        y = conv(f"{name}.conv1", swish(norm(f"{name}.norm1", x)))
+        y = conv(f"{name}.conv2", swish(norm(f"{name}.norm2", y)))
+        return y + (conv(f"{name}.skip", x) if f"{name}.skip.weight" in w else x)
+
+    e, blocks = "autoencoder.encoder", range(autoencoder["num_res_blocks"])
+    x = conv(f"{e}.stem", np.moveaxis(x, -1, 0))
+    for i in range(len(autoencoder["channel_multipliers"])):
+        if i:  # 2x2 average pooling
+            c, h, wd = x.shape
+            x = x.reshape(c, h // 2, 2, wd // 2, 2).mean(axis=(2, 4))
+        for j in blocks:
+            x = block(f"{e}.levels.{i}.{j}", x)
+    for j in blocks:
+        x = block(f"{e}.bottom.{j}", x)
+    return np.moveaxis(conv(f"{e}.head", swish(norm(f"{e}.norm", x))), 0, -1)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz"])
+def test_an_export_reproduces_the_encoder_without_fsq_ref(fmt, trained, tmp_path, monkeypatch):
+    out = tmp_path / "runs" / f"fsq.{fmt}"
+    result = invoke("export", trained, "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(out), "np") as f:
+            meta, arrays = json.loads(f.metadata()["fsq_ref"]), {k: f.get_tensor(k) for k in f.keys()}
+        monkeypatch.chdir(tmp_path)  # the README's reading example, on this file
+        (block,) = python_blocks("safe_open")
+        exec(block, {})
+    else:
+        with np.load(out, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files if k != "__metadata__"}
+            meta = json.loads(str(f["__metadata__"]))
+    assert meta["kind"] == "autoencoder" and meta["step"] == 4 and meta["format"] == export.FORMAT
+    assert meta["config"]["tokenizer"]["quantizer"]["levels"] == [5, 5, 5]
+    model, _, _ = tokenizer.load(trained)
+    x = np.asarray(jr.uniform(jr.key(0), (28, 28, 1), minval=-1, maxval=1))
+    np.testing.assert_allclose(_numpy_encoder(arrays, meta["config"]["tokenizer"]["autoencoder"], x),
+                               model.autoencoder.encode(x), atol=2e-4, rtol=1e-4)
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically: no temporary file left
 
 
 def test_tensorboard_without_its_extra_is_one_line(monkeypatch, tmp_path):
