@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed, presets,
-                     quantizers, runs, study, study_report, tokenizer, tokens, train)
+from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed, export,
+                     presets, quantizers, runs, study, study_report, tokenizer, tokens, train)
 from fsq_ref.cli_options import (choice_list, int_list, print_metrics, run_training, save_npz, with_data_options,
                                  with_training_options)
 from fsq_ref.errors import InputError
@@ -72,13 +72,14 @@ def train_group():
 @with_training_options(batch_size=16, learning_rate=2e-3,
                        batch_help="small batches make more steps per second on a CPU; raise it on an accelerator")
 def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_dim, preset, steps, time_limit,
-                      batch_size, learning_rate, seed, dtype, eval_every, workdir, resume):
+                      batch_size, learning_rate, seed, dtype, eval_every, workdir, resume, init_from, tensorboard):
     """Train an image tokenizer (autoencoder with an FSQ or VQ bottleneck).
 
     \b
     Example:
       fsq train autoencoder --data fashion-mnist --levels 8,6,5 --time-limit 100 --workdir runs/fsq
       fsq train autoencoder --quantizer vq --codebook-size 256 --steps 2000 --workdir runs/vq
+      fsq train autoencoder --data my-photos/ --levels 8,6,5 --steps 500 --init-from runs/fsq --workdir runs/ft
     """
     levels = tuple(int_list(levels, "--levels", "8,6,5")) if levels is not None else None
     q = quantizers.from_options(quantizer, levels=levels, codebook_size=codebook_size, vq_dim=vq_dim)
@@ -91,7 +92,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
     ae = task.config.autoencoder
     click.echo(f"tokenizer: {q.describe()}, {ae.token_grid}x{ae.token_grid} tokens; data: {data_spec}, "
                f"{len(task.train_ds)} train and {len(task.eval_ds)} test images")
-    run_training(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"reconstructions: {Path(workdir) / 'reconstructions.png'}")
 
 
@@ -263,6 +264,23 @@ def info(workdir):
     """
     for name, value in runs.describe(workdir).items():
         click.echo(f"{name:>18}: {value}")
+
+
+@main.command("export")
+@click.argument("workdir", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(export.FORMATS), default="safetensors", show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the file to write")
+def export_command(workdir, fmt, out):
+    """Write a trained model's weights under flat names (e.g. autoencoder.encoder.stem.weight), with its config as
+    JSON metadata, for use without fsq-ref (names and layouts: README, "Exporting weights").
+
+    \b
+    Example:
+      fsq export runs/fsq --format safetensors --out runs/fsq.safetensors
+    """
+    arrays = export.export(workdir, out, fmt)
+    count = sum(a.size for a in arrays.values())
+    click.echo(f"wrote {out}: {len(arrays)} arrays, {count} numbers ({fmt})")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from fsq_ref.images import grid, save_png
               help="transformer size")
 @with_training_options(batch_size=64, learning_rate=1e-3)
 def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
-                  eval_every, workdir, resume):
+                  eval_every, workdir, resume, init_from, tensorboard):
     """Train a class-conditional MaskGIT transformer on a tokenizer's tokens.
 
     \b
@@ -42,7 +42,7 @@ def train_maskgit(tokens_path, eval_tokens, preset, steps, time_limit, batch_siz
     config = task.config
     click.echo(f"MaskGIT ({preset}) on {len(task.tokens)} token grids of {config.grid[0]}x{config.grid[1]} "
                f"({len(task.eval_tokens)} held out), codebook {config.codebook_size}, {config.num_classes} classes")
-    run_training(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
 
 
 @click.command()

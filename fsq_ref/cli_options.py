@@ -71,12 +71,19 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
         click.option("--eval-every", type=int, default=1000, show_default=True),
         click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
         click.option("--resume", is_flag=True, help="continue the run in --workdir"),
+        click.option("--init-from", default=None, type=click.Path(file_okay=False), metavar="RUN_DIR",
+                     help="fine-tune: start from the model (and quantizer state) of this run of the same kind, "
+                          "network and codebook, with a fresh optimiser and schedule"),
+        click.option("--tensorboard", is_flag=True,
+                     help="also log to WORKDIR/tensorboard (needs `pip install 'fsq-ref[tensorboard]'`)"),
     ])
 
 
-def run_training(task, workdir, loop: train.LoopConfig, resume: bool) -> None:
+def run_training(task, workdir, loop: train.LoopConfig, resume: bool, init_from: str | None = None,
+                 tensorboard: bool = False) -> None:
     """Run a task and report; exit 130 after Ctrl-C (the state is saved)."""
-    _, result = train.run(task, workdir, loop, resume=resume, echo=click.echo)
+    _, result = train.run(task, workdir, loop, resume=resume, init_from=init_from, tensorboard=tensorboard,
+                          echo=click.echo)
     if result is None:
         raise SystemExit(130)
     print_metrics(result)

@@ -43,7 +43,8 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
 @click.option("--code-dropout/--no-code-dropout", default=True, show_default=True)
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, code_dropout, steps,
-                 time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume):
+                 time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume, init_from,
+                 tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
@@ -59,7 +60,7 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
                                        seed=seed, weight_decay=loop.weight_decay, dtype=dtype)
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
                f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code")
-    run_training(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
 
 
@@ -70,7 +71,7 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
 @click.option("--preset", type=click.Choice(presets.LM), default="quick", show_default=True, help="transformer size")
 @with_training_options(batch_size=32, learning_rate=1e-3)
 def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
-             eval_every, workdir, resume):
+             eval_every, workdir, resume, init_from, tensorboard):
     """Train UViM's stage II: an encoder-decoder transformer that predicts the oracle's guiding code from the input.
 
     \b
@@ -91,7 +92,7 @@ def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_s
     click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec} ({len(train_ds)} train and "
                f"{len(test_ds)} test examples): predicting codes of {task.oracle_config.grid ** 2} tokens from "
                f"{task.codebook_size}")
-    run_training(task, workdir, loop, resume)
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, predictions, targets)")
 
 

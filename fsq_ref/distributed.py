@@ -7,16 +7,20 @@ coordinator, either from explicit settings (`fsq --coordinator-address HOST:PORT
 `--distributed auto`, from the environment a cluster manager provides (SLURM, Open MPI, Cloud TPU: JAX detects it).
 
 In the training loop (`train.run`) every process computes the same global batch indices and loads only its own
-rows (`data.local_rows`); the parameters are replicated. Process 0 alone writes checkpoints, logs and pictures; the
+rows (`data.local_rows`), assembled into one global batch split across the devices (`global_batch`); the state
+is replicated (`replicate`). Process 0 alone writes checkpoints, logs and pictures; the
 others only train. Decisions that must be unanimous (stop at a time limit or after Ctrl-C, the length of a
 schedule sized from a time budget) are process 0's, broadcast to all.
 """
 
 import os
 
+import equinox as eqx
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fsq_ref.errors import InputError
 
@@ -74,3 +78,28 @@ def agree(value):
     if jax.process_count() == 1:
         return value
     return type(value)(multihost_utils.broadcast_one_to_all(np.asarray(value)))
+
+
+def global_batch(local_batch, mesh: Mesh):
+    """The global batch, split along the mesh's "data" axis, from this process's rows of it (`data.local_rows`)."""
+    sharding = NamedSharding(mesh, P("data"))
+    count = jax.process_count()
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * count, *x.shape[1:])),
+        local_batch)
+
+
+def replicate(state, mesh: Mesh):
+    """Every array of `state` on every device of the mesh. Only the arrays: Python leaves (a Dropout's rate, say)
+    must stay Python values."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        put = lambda x: jax.device_put(x, sharding)
+    else:  # every process holds the same full value (same seed, or the same checkpoint)
+        put = lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
+    return jax.tree.map(lambda x: put(x) if eqx.is_array(x) else x, state)
+
+
+def on_host(state):
+    """The state as evaluation may read it: as is on one host; with several, this process's own copy."""
+    return state if jax.process_count() == 1 else local(state)

@@ -56,10 +56,9 @@ def check_levels(levels) -> tuple[int, ...]:
     if not all(isinstance(l, (int, np.integer)) and not isinstance(l, bool) for l in levels):
         raise InputError(f"levels must all be integers; got {list(levels)}")
     levels = tuple(int(l) for l in levels)
-    if min(levels) < 3:
-        # L = 2: the bound cannot be centred (arctanh(offset / half_l) = arctanh(0.5 / 0.4995) is undefined), and the
-        # paper finds L < 5 works worse anyway (Fig. 10).
-        raise InputError(f"levels must all be >= 3 (L = 2 cannot be centred, L < 5 works worse); got {list(levels)}")
+    if min(levels) < 2:
+        # One value carries no information; L = 2 is a binary channel (`bound` says how it is handled).
+        raise InputError(f"levels must all be >= 2 (a channel of one value carries nothing); got {list(levels)}")
     if math.prod(levels) > MAX_CODEBOOK_SIZE:
         raise InputError(
             f"prod(levels) = {math.prod(levels)} exceeds {MAX_CODEBOOK_SIZE}, the most that int32 indices can "
@@ -91,11 +90,19 @@ def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     grid. The paper's listing writes `tan` here; the authors confirmed that is a slip (it gives bound(0) = -1.4e-5 for
     L = 8, which "barely matters"). We use the exact inverse.
 
+    L = 2, a binary channel (lookup-free quantization's case): the values are {-1, 0} and the range is
+    (-0.9995, -0.0005), which does not contain 0, so no shift can make bound(0) = 0 (arctanh(0.5 / 0.4995) is
+    undefined: the official colab's `tan` gives a finite but arbitrary shift of 1.56, which puts the decision at
+    z = -1.56). We use no shift for L = 2: bound(z) = 0.4995 tanh(z) - 0.5 is symmetric about the decision point
+    -0.5, so the sign of z picks the bit (z < 0 -> -1, z >= 0 -> 0; ties round to even, and |z| below float32's
+    resolution at 0.5, about 6e-8 / 0.4995, counts as 0), as in LFQ, and a zero-centred latent uses both values
+    equally. The gradient is 0.4995 (1 - tanh(z)^2): finite everywhere, largest at the decision point.
+
     Computed in float32 whatever the input dtype, returned in float32.
 
     Args:
       z: latents, [..., D], any float dtype.
-      levels: the number of values of each channel, D ints >= 3.
+      levels: the number of values of each channel, D ints >= 2.
     Returns:
       float32 [..., D]; rounding channel i gives an integer in [-(L_i // 2), (L_i - 1) // 2].
     References: paper Section 3 and Appendix A.1 (code listing).
@@ -105,7 +112,7 @@ def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     L = np.asarray(levels, np.float64)
     half_l = (L - 1) * (1 - _EPS) / 2
     offset = np.where(L % 2 == 0, 0.5, 0.0)
-    shift = np.arctanh(offset / half_l)
+    shift = np.arctanh(np.where(L == 2, 0.0, offset / half_l))  # no shift for L = 2 (see above)
     # float32 even for bf16 inputs: bf16 has 8 bits of mantissa, too few to place 1000 codes apart
     # (docs/paper-notes.md).
     z = z.astype(jnp.float32)
@@ -128,7 +135,7 @@ def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
 
     Args:
       z: latents, [..., D], any float dtype.
-      levels: D ints >= 3.
+      levels: D ints >= 2.
     Returns:
       codes in the dtype of `z`, same shape; channel i takes L_i values, k / (L_i // 2) for integer k.
     References: paper Eq. 1-2 and Appendix A.1.

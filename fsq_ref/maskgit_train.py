@@ -181,6 +181,7 @@ class MaskGITTask:
     """Training MaskGIT with `train.run` on a token file's indices [N, h, w] and class labels [N]."""
 
     kind = "maskgit"
+    pictures = ()
 
     def __init__(self, config: MaskGITConfig, tokens: np.ndarray, labels: np.ndarray, *, eval_tokens: np.ndarray,
                  eval_labels: np.ndarray, batch_size: int, seed: int, weight_decay: float, header: dict,
@@ -201,6 +202,11 @@ class MaskGITTask:
 
     def init_state(self, key: PRNGKeyArray) -> TrainState:
         return init_train_state(self.config, self.weight_decay, key=key)
+
+    def architecture(self, header: dict) -> dict:
+        # The transformer, the codebook size, classes and grid; not the tokenizer's fingerprint: a fine-tuned
+        # tokenizer's tokens keep the codebook.
+        return {"maskgit": header["maskgit"]}
 
     def batches(self, start_step: int):
         return data.step_batches(len(self.tokens), self.batch_size, self.seed, start_step,

@@ -9,7 +9,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from fsq_ref import checkpoint, data, dense, tokenizer, uvim_eval, uvim_train
+from fsq_ref import checkpoint, data, dense, finetune, tokenizer, uvim_eval, uvim_train
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 
@@ -108,14 +108,16 @@ def _last_evaluation(workdir: Path) -> dict | None:
 
 
 def describe(workdir) -> dict:
-    """What the run folder `workdir` holds: kind, the command that made it, step, data, model and quantizer settings,
-    and the last evaluation recorded in its metrics.jsonl."""
+    """What the run folder `workdir` holds: kind, the command that made it, step, the run it was fine-tuned from,
+    data, model and quantizer settings, and the last evaluation recorded in its metrics.jsonl."""
     workdir = Path(workdir)
     header = checkpoint.read_run(workdir)
     kind, task = header.get("kind"), header.get("task", {})
     info = {"folder": str(workdir), "kind": kind, "made by": checkpoint.COMMANDS.get(kind, "?"),
             "step": f"{header.get('step')} of {header.get('total_steps')}",
             "dtype": header.get("loop", {}).get("dtype", "float32")}
+    if "init_from" in header:
+        info["started from"] = finetune.describe(header["init_from"])
     if "data" in task:
         info["data"] = recorded_data(header)["spec"]
     quantizer = (task.get("tokenizer") or task.get("oracle") or {}).get("quantizer")

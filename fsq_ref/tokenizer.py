@@ -178,6 +178,7 @@ class AutoencoderTask:
     """Training an autoencoder with `train.run`."""
 
     kind = "autoencoder"
+    pictures = ("reconstructions.png",)
 
     def __init__(self, config: TokenizerConfig, train_ds: data.Dataset, eval_ds: data.Dataset, *, batch_size: int,
                  seed: int, weight_decay: float, data_header: dict, dtype: str = "float32"):
@@ -193,6 +194,9 @@ class AutoencoderTask:
 
     def init_state(self, key: PRNGKeyArray) -> TrainState:
         return init_train_state(self.config, self.weight_decay, key=key)
+
+    def architecture(self, header: dict) -> dict:
+        return {"tokenizer": header["tokenizer"]}  # the network and the quantizer
 
     def batches(self, start_step: int):
         return data.step_batches(len(self.train_ds), self.batch_size, self.seed, start_step,

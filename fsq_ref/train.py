@@ -12,6 +12,8 @@ and its evaluation; this loop adds what every run needs:
 - one checkpoint file, written atomically every `checkpoint_every` steps and at the end; `resume` continues exactly
   where it stopped (batches and random keys are functions of the step, the learning rate of the step and the
   recorded schedule length), so a resumed run ends with the same parameters as an uninterrupted one;
+- fine-tuning: `init_from` starts a new run from another run's model, with a fresh optimiser and schedule
+  (`finetune`); `tensorboard` also writes the logs for TensorBoard (`tensorboard`);
 - two budgets: `steps`, and `time_limit` seconds of wall-clock training. With a time limit and no step count, the
   first `CALIBRATION_STEPS` steps are timed and the schedule is sized to end when the time runs out; that length is
   recorded in the checkpoint;
@@ -37,10 +39,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from fsq_ref import checkpoint, distributed, metrics, precision, progress, runlock
+from fsq_ref import checkpoint, distributed, finetune, metrics, precision, progress, runlock
+from fsq_ref import tensorboard as board_logs
 from fsq_ref.errors import InputError
 
 CALIBRATION_STEPS = 30  # timed to size a time-limited schedule; the warm-up always covers them
@@ -82,6 +84,12 @@ class Task(Protocol):
     kind: str  # recorded in the checkpoint header ("autoencoder", "maskgit", ...)
     header: dict  # JSON-serialisable description (config, data, ...) recorded in the checkpoint
     codebook_size: int  # for the live usage display
+    pictures: tuple[str, ...]  # PNGs that `evaluate` writes in the run folder (shown in TensorBoard)
+
+    def architecture(self, header: dict) -> dict:
+        """The part of a task header (this task's, or a checkpoint's "task") that fixes the model's weights: a run
+        can start from another (`init_from`) only where these are equal."""
+        ...
 
     def init_state(self, key) -> object: ...
 
@@ -127,31 +135,6 @@ def data_mesh(devices=None) -> Mesh:
 _RESUME_MUST_MATCH = ("batch_size", "seed", "learning_rate", "warmup_steps", "weight_decay", "dtype")
 
 
-def _global_batch(local_batch, mesh: Mesh):
-    """The global batch, split along the mesh's "data" axis, from this process's rows of it (`data.local_rows`)."""
-    sharding = NamedSharding(mesh, P("data"))
-    count = jax.process_count()
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, x, (x.shape[0] * count, *x.shape[1:])),
-        local_batch)
-
-
-def _replicate(state, mesh: Mesh):
-    """Every array of `state` on every device of the mesh. Only the arrays: Python leaves (a Dropout's rate, say)
-    must stay Python values."""
-    sharding = NamedSharding(mesh, P())
-    if jax.process_count() == 1:
-        put = lambda x: jax.device_put(x, sharding)
-    else:  # every process holds the same full value (same seed, or the same checkpoint)
-        put = lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x))
-    return jax.tree.map(lambda x: put(x) if eqx.is_array(x) else x, state)
-
-
-def _on_host(state):
-    """The state as evaluation may read it: as is on one host; with several, this process's own copy."""
-    return state if jax.process_count() == 1 else distributed.local(state)
-
-
 class _StopOnInterrupt:
     """Turns the first Ctrl-C into a request to stop at the next step boundary; a second one interrupts at once."""
 
@@ -185,52 +168,65 @@ def _shown(stats: dict, usage: float) -> dict[str, float]:
     return {**shown, "usage": usage}
 
 
-def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = False, devices=None,
+def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = False, init_from: str | Path | None = None,
+        tensorboard: bool = False, devices=None,
         echo: Callable[[str], None] = progress.say) -> tuple[object, dict | None]:
-    """Train `task` in `workdir` on `devices` (default: all); returns (final state, final evaluation).
+    """Train `task` in `workdir` on `devices` (default: all), from scratch or from the model of the run folder
+    `init_from`; returns (final state, final evaluation).
 
     The evaluation is None when the run was interrupted (Ctrl-C): it saved its state and can be resumed. A folder in
     which another run is alive is refused (`runlock`; process 0 holds the lock for all processes).
     """
     with runlock.hold(workdir) if distributed.is_main() else contextlib.nullcontext():
-        return _run(task, Path(workdir), loop, resume, devices, echo)
+        return _run(task, Path(workdir), loop, resume, init_from, tensorboard, devices, echo)
 
 
-def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, devices, echo) -> tuple[object, dict | None]:
+def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, tensorboard: bool, devices,
+         echo) -> tuple[object, dict | None]:
     path = workdir / checkpoint.CHECKPOINT
     mesh = data_mesh(devices)
     if loop.batch_size % mesh.size:
         raise InputError(f"--batch-size {loop.batch_size} must be a multiple of the {mesh.size} devices JAX sees")
     key = jr.key(loop.seed)
-    state = task.init_state(jr.fold_in(key, 0))
-    start, total = 0, loop.steps
+    init = lambda: task.init_state(jr.fold_in(key, 0))
+    start, total, origin = 0, loop.steps, None
     if resume:
-        header, state = checkpoint.load(path, state)
+        header, state = checkpoint.load(path, init())
         # Checkpoints written before `dtype` existed were trained in float32.
         saved_loop, now = {"dtype": "float32", **header.get("loop", {})}, dataclasses.asdict(loop)
         if (header.get("kind") != task.kind or header.get("task") != json.loads(json.dumps(task.header))
                 or any(saved_loop.get(k) != now[k] for k in _RESUME_MUST_MATCH)):
             raise InputError(f"{path} was trained with other settings; resume with the same options, or use a new "
                              "--workdir")
-        start, total = header["step"], header["total_steps"]
+        finetune.check_resume(header, init_from)
+        start, total, origin = header["step"], header["total_steps"], header.get("init_from")
     elif path.exists():
         raise InputError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or choose a new --workdir")
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = _replicate(state, mesh)
+    elif init_from is not None:
+        state, origin = finetune.start_from(task, init_from, init)
+        echo(f"starting from the model of {init_from} (step {origin['step']}), with a fresh optimiser and schedule")
+    else:
+        state = init()
     main = distributed.is_main()  # only process 0 writes files
+    board = board_logs.Writer(workdir, task.pictures) if tensorboard and main else None
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = distributed.replicate(state, mesh)
 
     def save(state, step):
         if main:
             checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
-                                   "loop": dataclasses.asdict(loop)}, distributed.local(state))
+                                   "loop": dataclasses.asdict(loop), **({"init_from": origin} if origin else {})},
+                            distributed.local(state))
 
     def log(record):
         if main:
             with open(workdir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if board:
+            board.log(record)
 
     def evaluate(state):
-        return task.evaluate(_on_host(state), workdir) if main else {}
+        return task.evaluate(distributed.on_host(state), workdir) if main else {}
 
     warmup = max(loop.warmup_steps, CALIBRATION_STEPS)
     started = time.perf_counter()
@@ -240,7 +236,7 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, devices, ech
     with _StopOnInterrupt() as interrupt:
         batches = task.batches(start)
         while total is None or step < total:
-            batch = _global_batch(next(batches), mesh)
+            batch = distributed.global_batch(next(batches), mesh)
             lr = learning_rate(step, total or 10**9, loop.learning_rate, warmup)
             state, stats, batch_hist = task.step(state, batch, jr.fold_in(key, step + 1), jnp.float32(lr))
             hist = hist + batch_hist
@@ -288,9 +284,12 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, devices, ech
                 log({"step": step, "split": "eval", **evaluate(state)})
     bar.close()
     save(state, step)
+    if not interrupt.requested:
+        evaluation = evaluate(state)
+        log({"step": step, "split": "eval", **evaluation})
+    if board:
+        board.close()
     if interrupt.requested:
         echo(f"saved {path} at step {step}: continue with --resume")
         return state, None
-    evaluation = evaluate(state)
-    log({"step": step, "split": "eval", **evaluation})
     return state, evaluation

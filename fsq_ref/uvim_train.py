@@ -112,6 +112,7 @@ class OracleTask:
     """Training stage I with `train.run`."""
 
     kind = "uvim-oracle"
+    pictures = ("predictions.png",)
 
     def __init__(self, config: OracleConfig, task: dense_tasks.DenseTask, train_ds: dense.DenseData,
                  test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
@@ -129,6 +130,9 @@ class OracleTask:
 
     def init_state(self, key) -> OracleState:
         return init_oracle_state(self.config, self.task, self.weight_decay, key=key)
+
+    def architecture(self, header: dict) -> dict:
+        return {"oracle": header["oracle"], "dense_task": header["dense_task"]}
 
     def evaluate(self, state: OracleState, workdir: Path) -> dict:
         predictions, codes = run_over(self.test_ds, lambda b: oracle_predict(state.model, state.qstate, self.task, b))
@@ -151,6 +155,7 @@ class LMTask:
     """Training stage II with `train.run`, on the guiding codes a trained oracle gives the training targets."""
 
     kind = "uvim-lm"
+    pictures = ("predictions.png",)
 
     def __init__(self, config: LMConfig, oracle_dir: str | Path, train_ds: dense.DenseData,
                  test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
@@ -173,6 +178,12 @@ class LMTask:
 
     def init_state(self, key) -> LMState:
         return init_lm_state(self.config, self.oracle_config, self.task, self.weight_decay, key=key)
+
+    def architecture(self, header: dict) -> dict:
+        # The transformer and what fixes its inputs and outputs: its oracle's network, codebook and task (read from
+        # the oracle's header: stage II may start from a run on another, e.g. fine-tuned, oracle of that shape).
+        oracle = checkpoint.read_run(header["oracle_dir"], "uvim-oracle")["task"]
+        return {"lm": header["lm"], "oracle": oracle["oracle"], "dense_task": oracle["dense_task"]}
 
     def evaluate(self, state: LMState, workdir: Path) -> dict:
         predictions, codes = run_over(

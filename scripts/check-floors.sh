@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Checks that the floors in pyproject.toml are true: in a scratch virtual environment (a temporary folder, removed
-# afterwards) on the oldest Python that requires-python allows, installs every runtime and dev dependency pinned at
-# its floor (`name>=X` installed as `name==X`, read from pyproject.toml, so this script cannot drift from it), then the
+# afterwards) on the oldest Python that requires-python allows, installs every runtime dependency and every optional
+# one (dev, tensorboard) pinned at its floor (`name>=X` installed as `name==X`, read from pyproject.toml, so this script cannot drift from it), then the
 # package itself with --no-deps, and checks
 #   1. every module of fsq_ref imports;
 #   2. `fsq --help` and every subcommand's `--help` run;
-#   3. the quantizer tests pass.
+#   3. the quantizer tests and the README's snippets (Flax at its floor) pass.
 # Exits non-zero and names the failed step on any failure. Needs python3 (3.11+) with venv, and PyPI.
 # Usage: [PYTHON=python3.X] bash scripts/check-floors.sh [NAME==VERSION ...]
 #   PYTHON: the scratch environment's interpreter. By default the floor of requires-python, found as python3.X on
@@ -36,7 +36,7 @@ m = re.fullmatch(r"\s*>=\s*(\d+\.\d+)\s*", project["requires-python"])
 if m is None:
     sys.exit(f"no Python floor to check in requires-python = {project['requires-python']!r}: declare it as '>=X.Y'")
 print(m[1])
-requirements = project["dependencies"] + project["optional-dependencies"]["dev"]
+requirements = project["dependencies"] + [r for group in project["optional-dependencies"].values() for r in group]
 overrides = {re.split(r"[\[=<>!~ ]", p, maxsplit=1)[0].lower(): p for p in sys.argv[1:]}
 for requirement in requirements:
     m = re.fullmatch(r"\s*([A-Za-z0-9._-]+)(\[[^\]]*\])?\s*>=\s*([^,;\s]+)\s*", requirement)
@@ -119,9 +119,9 @@ while IFS= read -r command; do
 done <<< "$commands"
 
 cd "$root"
-begin "the quantizer tests"
+begin "the quantizer tests and the README's snippets"
 "$python" -m pytest -p no:cacheprovider -q \
-    tests/test_fsq.py tests/test_vq.py tests/test_quantizers.py tests/test_metrics.py
+    tests/test_fsq.py tests/test_vq.py tests/test_quantizers.py tests/test_metrics.py tests/test_snippets.py
 
 begin "done"
 echo "check-floors: all floors hold on $("$python" --version) ($((SECONDS - start)) s)"

@@ -1,19 +1,27 @@
 """The command line never computes a quiet wrong answer: defaults come from the run, splits say what they are, bad
-options are refused in one line, logs show progress, one run per folder, and run folders describe themselves."""
+options are refused in one line, logs show progress, one run per folder, and run folders describe themselves; runs
+fine-tune from other runs, export their weights for use without fsq-ref, and log to TensorBoard."""
 
+import json
 import os
 import re
+import struct
 import subprocess
 import sys
+from types import SimpleNamespace
 
+import equinox as eqx
+import jax
+import jax.random as jr
 import numpy as np
 import pytest
 from PIL import Image
 
 import fsq_ref
-from fsq_ref import fsq, quantizers, runlock
+from fsq_ref import checkpoint, export, finetune, fsq, presets, quantizers, runlock, tokenizer
 from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
+from test_snippets import python_blocks
 
 FOLDER_IMAGES = 40
 
@@ -136,3 +144,147 @@ def test_each_command_is_one_library_call_from_python(trained, photos, tmp_path)
     assert images.shape == (FOLDER_IMAGES, 28, 28, 1) and images.dtype == np.uint8
     result, spec, count = runs.evaluate(trained)
     assert spec == str(photos) and count == FOLDER_IMAGES // 10 and 0 < result["usage"] <= 1
+
+
+def _tensorboard_tags(folder) -> set[str]:
+    """The tags of every summary in a TensorBoard folder, read with tensorboardX's protobuf alone."""
+    from tensorboardX.proto import event_pb2
+
+    tags = set()
+    for path in folder.glob("events.out.tfevents.*"):
+        data, at = path.read_bytes(), 0
+        while at < len(data):  # records: length (8 bytes), its CRC (4), the event, its CRC (4)
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            tags |= {v.tag for v in event_pb2.Event.FromString(data[at + 12:at + 12 + length]).summary.value}
+            at += 16 + length
+    return tags
+
+
+def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimiser(trained, tmp_path):
+    pytest.importorskip("tensorboardX")
+    workdir = tmp_path / "fine-tuned"
+    # Learning rate 0: the weights must come out exactly as they went in, whatever the new data.
+    result = invoke("train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--levels", "5,5,5",
+                    "--steps", 2, "--batch-size", 4, "--learning-rate", 0, "--init-from", trained, "--tensorboard",
+                    "--workdir", workdir)
+    assert result.exit_code == 0, result.output
+    assert f"starting from the model of {trained} (step 4)" in result.output
+    before, after = export.trained_arrays(trained)[0], export.trained_arrays(workdir)[0]
+    assert before.keys() == after.keys()
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+    def init(header, key):
+        return tokenizer.init_train_state(tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]), 1e-4,
+                                          key=key)
+
+    header, state = checkpoint.load_run(workdir, "autoencoder", init)
+    assert int(state.opt_state[0].count) == 2 and header["step"] == 2  # a new schedule, a new optimiser
+    origin = checkpoint.read_run(trained)
+    assert header["init_from"] == {"workdir": str(trained.resolve()), "step": 4, "sha256": origin["sha256"]}
+    assert header["task"]["data"]["spec"] == "procedural:64"
+    info = invoke("info", workdir).output
+    assert f"started from: {trained.resolve()} (step 4, checkpoint {origin['sha256'][:12]})" in info
+    assert {"train/loss", "train/usage", "eval/psnr", "reconstructions"} <= _tensorboard_tags(workdir / "tensorboard")
+    assert_bad_input(invoke("train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--levels", "5,5,5",
+                            "--steps", 3, "--batch-size", 4, "--learning-rate", 0, "--init-from", tmp_path / "other",
+                            "--resume", "--workdir", workdir), "resume without --init-from")
+
+
+def test_fine_tuning_refuses_another_codebook_network_or_kind(trained, tmp_path):
+    args = ["train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--steps", 1, "--batch-size", 4,
+            "--init-from", trained, "--workdir", tmp_path / "w"]
+    assert_bad_input(invoke(*args, "--levels", "8,6,5"), "has tokenizer.quantizer.levels [5, 5, 5], this run [8, 6, 5]")
+    assert_bad_input(invoke(*args, "--quantizer", "vq"), "has tokenizer.quantizer.kind fsq, this run vq")
+    assert_bad_input(invoke(*args[:5], "fashion-mnist-14x14", *args[6:], "--levels", "5,5,5"),
+                     "has tokenizer.autoencoder.base_filters 8, this run 16")
+    assert not (tmp_path / "w" / "checkpoint.fsq").exists()
+    task = SimpleNamespace(kind="maskgit", header={})
+    with pytest.raises(InputError, match="holds a run of kind 'autoencoder', not 'maskgit'"):
+        finetune.start_from(task, trained, lambda: None)
+
+
+def test_fine_tuning_carries_the_vq_dictionary_over(tmp_path):
+    """The EMA dictionary and its counts are part of the model; only the optimiser starts afresh."""
+    config = tokenizer.TokenizerConfig(presets.AUTOENCODER["tiny"], quantizers.QuantizerConfig("vq-split",
+                                                                                              codebook_size=16))
+    task = tokenizer.make_task(config, "procedural:64", None, batch_size=4, seed=0, weight_decay=1e-4)
+    fresh = task.init_state(jr.key(0))
+    trained_state = jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, task.init_state(jr.key(1)))
+    checkpoint.save(tmp_path / checkpoint.CHECKPOINT, {"kind": "autoencoder", "task": task.header, "step": 7},
+                    trained_state)
+    state, origin = finetune.start_from(task, tmp_path, lambda: fresh)
+    for got, want in [(state.model, trained_state.model), (state.qstate, trained_state.qstate),
+                      (state.opt_state, fresh.opt_state)]:
+        for a, b in zip(jax.tree.leaves(eqx.filter(got, eqx.is_array)), jax.tree.leaves(eqx.filter(want, eqx.is_array))):
+            np.testing.assert_array_equal(a, b)
+    assert origin["step"] == 7
+
+
+def _numpy_encoder(w: dict, autoencoder: dict, x: np.ndarray) -> np.ndarray:
+    """The tokenizer's encoder from an export's flat arrays alone (NumPy, and jax.lax for the convolutions):
+    image [H, W, C] in [-1, 1] -> latents [h, w, D]."""
+    def conv(name, x):
+        kernel = w[f"{name}.weight"]
+        pad = kernel.shape[-1] // 2
+        return np.asarray(jax.lax.conv_general_dilated(x[None], kernel, (1, 1), [(pad, pad)] * 2))[0] + w[f"{name}.bias"]
+
+    def norm(name, x):  # GroupNorm: groups = the largest divisor of the channels up to 32, eps 1e-5
+        groups = max(g for g in range(1, min(32, len(x)) + 1) if len(x) % g == 0)
+        g = x.reshape(groups, -1)
+        g = (g - g.mean(1, keepdims=True)) / np.sqrt(g.var(1, keepdims=True) + 1e-5)
+        return g.reshape(x.shape) * w[f"{name}.weight"][:, None, None] + w[f"{name}.bias"][:, None, None]
+
+    def swish(x):
+        return x / (1 + np.exp(-x))
+
+    def block(name, x):
+        y = conv(f"{name}.conv1", swish(norm(f"{name}.norm1", x)))
+        y = conv(f"{name}.conv2", swish(norm(f"{name}.norm2", y)))
+        return y + (conv(f"{name}.skip", x) if f"{name}.skip.weight" in w else x)
+
+    e, blocks = "autoencoder.encoder", range(autoencoder["num_res_blocks"])
+    x = conv(f"{e}.stem", np.moveaxis(x, -1, 0))
+    for i in range(len(autoencoder["channel_multipliers"])):
+        if i:  # 2x2 average pooling
+            c, h, wd = x.shape
+            x = x.reshape(c, h // 2, 2, wd // 2, 2).mean(axis=(2, 4))
+        for j in blocks:
+            x = block(f"{e}.levels.{i}.{j}", x)
+    for j in blocks:
+        x = block(f"{e}.bottom.{j}", x)
+    return np.moveaxis(conv(f"{e}.head", swish(norm(f"{e}.norm", x))), 0, -1)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "npz"])
+def test_an_export_reproduces_the_encoder_without_fsq_ref(fmt, trained, tmp_path, monkeypatch):
+    out = tmp_path / "runs" / f"fsq.{fmt}"
+    result = invoke("export", trained, "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    if fmt == "safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(out), "np") as f:
+            meta, arrays = json.loads(f.metadata()["fsq_ref"]), {k: f.get_tensor(k) for k in f.keys()}
+        monkeypatch.chdir(tmp_path)  # the README's reading example, on this file
+        (block,) = python_blocks("safe_open")
+        exec(block, {})
+    else:
+        with np.load(out, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files if k != "__metadata__"}
+            meta = json.loads(str(f["__metadata__"]))
+    assert meta["kind"] == "autoencoder" and meta["step"] == 4 and meta["format"] == export.FORMAT
+    assert meta["config"]["tokenizer"]["quantizer"]["levels"] == [5, 5, 5]
+    model, _, _ = tokenizer.load(trained)
+    x = np.asarray(jr.uniform(jr.key(0), (28, 28, 1), minval=-1, maxval=1))
+    np.testing.assert_allclose(_numpy_encoder(arrays, meta["config"]["tokenizer"]["autoencoder"], x),
+                               model.autoencoder.encode(x), atol=2e-4, rtol=1e-4)
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def test_tensorboard_without_its_extra_is_one_line(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: importing it fails
+    assert_bad_input(invoke("train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--steps", 1,
+                            "--batch-size", 4, "--tensorboard", "--workdir", tmp_path / "w"),
+                     "pip install 'fsq-ref[tensorboard]'")
+    assert not (tmp_path / "w" / "checkpoint.fsq").exists()

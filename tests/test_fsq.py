@@ -14,8 +14,9 @@ from fsq_ref import fsq
 
 
 def level_tuples(max_size=2**14):
-    """Random level tuples (1-5 channels, 3-10 levels each) whose codebook fits an exhaustive check."""
-    return st.lists(st.integers(3, 10), min_size=1, max_size=5).filter(lambda l: math.prod(l) <= max_size).map(tuple)
+    """Random level tuples (1-5 channels, 2-10 levels each, binary channels included) whose codebook fits an
+    exhaustive check."""
+    return st.lists(st.integers(2, 10), min_size=1, max_size=5).filter(lambda l: math.prod(l) <= max_size).map(tuple)
 
 
 @st.composite
@@ -125,13 +126,39 @@ def test_even_levels_are_centred(L):
     np.testing.assert_allclose(grid, (np.arange(L) - L // 2) / (L // 2))  # asymmetric: L=8 -> -1 ... 0.75
 
 
+def test_binary_channels_split_at_zero_without_nan():
+    # L = 2 (lookup-free quantization's case): codes {-1, 0} as in the official colab, the sign of z picks the bit,
+    # and the gradient is finite everywhere (the exact arctanh shift would be NaN here).
+    z = jnp.array([[-30.0, 30.0], [-1e-3, 1e-3], [-1.0, 0.0], [0.5, -0.5]])
+    codes = fsq.quantize(z, (2, 2))
+    np.testing.assert_array_equal(codes, [[-1, 0], [-1, 0], [-1, 0], [0, -1]])
+    np.testing.assert_array_equal(fsq.codes_to_indices(codes, (2, 2)), [2, 2, 2, 1])
+    assert float(fsq.bound(jnp.zeros(1), (2,))[0]) == -0.5  # the decision point
+    grads = jax.vmap(jax.grad(lambda z: jnp.sum(fsq.quantize(z, (2, 2)))))(z)
+    assert np.all(np.isfinite(grads)) and float(jnp.max(grads)) == pytest.approx(0.4995)
+    np.testing.assert_array_equal(fsq.FSQ((2, 2))(z.astype(jnp.bfloat16))[0].indices, fsq.FSQ((2, 2))(z)[0].indices)
+
+
+def test_indices_follow_vector_quantize_pytorchs_layout():
+    # vector-quantize-pytorch's FSQ: level index = code * (L // 2) + L // 2, index = sum(level index * basis) with
+    # basis = cumprod([1] + levels[:-1]) (first channel least significant), and back: (index // basis) % L. Written
+    # out by hand here, so that token files move between the two without a table.
+    levels = (8, 5, 2, 3)
+    half, basis = np.array([4, 2, 1, 1]), np.array([1, 8, 40, 80])
+    codes = np.array([[-1.0, -1.0, -1.0, -1.0], [0.75, 1.0, 0.0, 1.0], [0.25, -0.5, -1.0, 0.0]], np.float32)
+    expected = ((codes * half + half) * basis).sum(-1).astype(np.int32)
+    np.testing.assert_array_equal(expected, [0, 7 + 4 * 8 + 40 + 2 * 80, 5 + 8 + 80])
+    np.testing.assert_array_equal(fsq.codes_to_indices(jnp.asarray(codes), levels), expected)
+    np.testing.assert_array_equal(fsq.indices_to_codes(jnp.asarray(expected), levels),
+                                  ((expected[:, None] // basis) % np.array(levels) - half) / half)
+
+
 @pytest.mark.parametrize(
     "levels, message",
     [
         ((), "must not be empty"),
         ((8, 2.5), "integers"),
-        ((8, 1, 5), ">= 3"),
-        ((8, 2), ">= 3"),
+        ((8, 1, 5), ">= 2"),
         ((2**16, 2**16), "int32"),
         (5, "sequence"),
     ],
