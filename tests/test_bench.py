@@ -27,7 +27,7 @@ def test_median_seconds_times_the_requested_repeats():
 
 
 def test_quantizer_table():
-    lines = bench.quantizers(vectors=8000, repeats=1)
+    lines = bench.quantizers(vectors=8192, repeats=1)
     assert len(lines) == 5 and all(line.startswith("|") for line in lines)
     assert "FSQ [8,5,5,5]" in lines[3] and "%" in lines[3]
 
