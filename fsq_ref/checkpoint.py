@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 import equinox as eqx
+import jax
 import jax.random as jr
 
 from fsq_ref.errors import InputError
@@ -71,7 +72,10 @@ def load(path: str | os.PathLike, like) -> tuple[dict, object]:
     except Exception as e:  # the arrays do not fit the structure the config describes
         raise InputError(f"checkpoint {path} does not match the model its header describes ({e}); "
                          "it was written by another version of fsq-ref: train again") from None
-    return header, tree
+    # Each array in a buffer of its own: read back, a CPU array may share the memory of the NumPy array it was loaded
+    # from, and a training step donates its state; jaxlib 0.4.30 to 0.4.33 then corrupt memory (segfault) when that
+    # step's executable comes from the persistent compilation cache (resuming or fine-tuning after an earlier run).
+    return header, jax.tree.map(lambda x: x.copy() if isinstance(x, jax.Array) else x, tree)
 
 
 def _split(path, *, check: bool) -> tuple[dict, bytes]:
