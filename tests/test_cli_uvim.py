@@ -88,7 +88,7 @@ def test_bad_input(oracle, lm, tmp_path):
                      "not 'uvim-oracle'")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", "--data", "nonsense", "--steps", 1,
                             "--workdir", tmp_path / "y"), "nonsense")
-    assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", *DATA, "--levels", "7,2", "--steps", 1,
+    assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", *DATA, "--levels", "7,1", "--steps", 1,
                             "--workdir", tmp_path / "z"), "levels")
     other = tmp_path / "other-oracle"
     assert invoke("train", "uvim-oracle", "--task", "panoptic", *DATA, "--steps", 1, "--seed", 1,
