@@ -47,7 +47,8 @@ class DenseData:
     images: uint8 [N, H, W, 3] RGB: the input for depth and panoptic, the target for colorization.
     depth: float32 [N, H, W], metres, finite and > 0. semantic: int32 [N, H, W] in [0, num_classes).
     instance: int32 [N, H, W], 1..n on the n segments of each image, stuff included (see the module docstring).
-    max_instances: no instance id exceeds it (0 without panoptic labels). max_depth: no depth exceeds it (0.0 without depth).
+    max_instances: no instance id exceeds it (0 without panoptic labels).
+    max_depth: no depth exceeds it (0.0 without depth).
     """
 
     images: np.ndarray
