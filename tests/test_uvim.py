@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import equinox as eqx
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
@@ -93,6 +94,20 @@ def test_decode_code_of_encode_target_is_the_oracle_reconstruction(task, scenes,
         assert code.shape == (4, TINY.grid**2) and code.dtype == jnp.int32
         via_interface = uvim.decode_code(state.model, state.qstate, code, context)
         np.testing.assert_array_equal(np.asarray(direct), np.asarray(via_interface))
+
+
+@pytest.mark.slow  # builds and compiles an oracle; test_cli_uvim trains one without context by default
+def test_an_oracle_without_context_never_reads_the_input(scenes, key):
+    task = dense_tasks.make("depth", scenes)
+    model = uvim_train.init_oracle_state(dataclasses.replace(TINY, context=False), task, 1e-4, key=key).model
+    assert model.context_encoder is None
+    batch = scenes.batch(np.arange(2))
+    target, context = task.target(batch), task.context(batch)
+    encode, decode = eqx.filter_jit(uvim.encode_target), eqx.filter_jit(uvim.decode_code)  # one compilation each
+    codes = [encode(model, None, target, c) for c in (context, -context)]
+    np.testing.assert_array_equal(np.asarray(codes[0]), np.asarray(codes[1]))
+    outputs = [decode(model, None, codes[0], c) for c in (context, -context)]
+    np.testing.assert_array_equal(np.asarray(outputs[0]), np.asarray(outputs[1]))
 
 
 def _lm(key, task, codebook_size=4375, length=16):
