@@ -63,8 +63,8 @@ def train_group():
 @train_group.command("autoencoder")
 @with_data_options(default="fashion-mnist")
 @click.option("--quantizer", type=click.Choice(quantizers.KINDS), default="fsq", show_default=True,
-              help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (UViM: EMA + splitting); "
-                   "vq-nosplit (UViM's EMA VQ without splitting)")
+              help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (UViM: EMA + "
+                   "splitting); vq-nosplit (UViM's EMA VQ without splitting)")
 @click.option("--levels", default=None, help="FSQ levels, e.g. 8,6,5 (default: levels_for(--codebook-size), else 8,6,5)")
 @click.option("--codebook-size", type=int, default=None, help="VQ codebook size; for FSQ, picks the paper's levels")
 @click.option("--vq-dim", type=int, default=16, show_default=True, help="VQ codeword size")
