@@ -1,12 +1,14 @@
-"""UViM at small scale, the paper's Table 2 layout: per task, stage I (oracle) and stage II with an FSQ guiding code,
-stage II with UViM's VQ (codebook splitting) and with VQ without splitting (the paper shows it for depth); the
-trivial baseline; the codebook usage of every model's codes on the test split.
+"""UViM at small scale, laid out as the paper's Table 2: per task, stage I (the oracle) and stage II with an FSQ
+guiding code, with UViM's VQ (EMA dictionary with codebook splitting) and with the same VQ without splitting; stage II
+trained with N seeds on one oracle and reported as mean +- standard deviation (sample, over the seeds); the codebook
+usage of the oracle's and of stage II's codes on the test split; the trivial baseline. `--context-ablation` adds the
+paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
 
-Each pipeline is the quick configuration of the CLI: `fsq train uvim-oracle` then `fsq train uvim-lm`, each for a
-fixed number of steps of batch 32 (equal budgets across quantizers), then `fsq eval`. Finished stages in WORKDIR are
-reused. Prints one Markdown table per task and the seconds each stage took; writes WORKDIR/results.json.
+Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed, each for a fixed
+number of steps of batch 32 (equal budgets across bottlenecks), then `fsq eval`. Finished stages in WORKDIR are
+reused. Prints one Markdown table per task and writes WORKDIR/results.json.
 
-    python benchmarks/uvim.py [--workdir runs/bench-uvim] [--oracle-steps 1000] [--lm-steps 1200]
+    python benchmarks/uvim.py [--quick] [--seeds 3] [--context-ablation] [--tasks depth,colorization,panoptic]
 """
 
 import argparse
@@ -15,46 +17,69 @@ import subprocess
 import sys
 from pathlib import Path
 
-QUANTIZERS = ("fsq", "vq-split", "vq")  # the paper's FSQ and UViM's VQ, with and without splitting
-QUANTIZER_NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ 4096, splitting", "vq": "VQ 4096, no splitting"}
+import numpy as np
+
+QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
+NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ-split 4096", "vq-nosplit": "VQ-no-split 4096",
+         "vq": "VQ 4096 (codebook loss)"}
+NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
+                    "independent_usage")
 
 
 def fsq_cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
-def steps_and_seconds(folder: Path) -> tuple[int, float]:
-    records = [json.loads(line) for line in open(folder / "metrics.jsonl")]
-    return max(r["step"] for r in records), max(r.get("seconds", 0.0) for r in records)
+def seconds(folder: Path) -> float:
+    return max(json.loads(line).get("seconds", 0.0) for line in open(folder / "metrics.jsonl"))
 
 
-def pipeline(folder: Path, task: str, quantizer: str, args) -> dict:
-    oracle, lm = folder / "oracle", folder / "lm"
+def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
+    """One oracle and `args.seeds` stage IIs on it: {"rows": [eval rows per seed], "seconds": {...}}."""
+    oracle = folder / "oracle"
     if not (oracle / "checkpoint.fsq").exists():
-        fsq_cli("train", "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--steps",
-                args.oracle_steps, "--eval-every", args.oracle_steps, "--workdir", oracle)
-    if not (lm / "checkpoint.fsq").exists():
-        fsq_cli("train", "uvim-lm", "--oracle", oracle, "--steps", args.lm_steps, "--eval-every", args.lm_steps,
-                "--workdir", lm)
-    if not (lm / "eval-test.json").exists():
-        fsq_cli("eval", "--workdir", lm, "--task", task)
-    rows = json.loads((lm / "eval-test.json").read_text())
-    return {"rows": rows, "oracle": steps_and_seconds(oracle), "lm": steps_and_seconds(lm)}
+        fsq_cli("train", "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--preset",
+                args.oracle_preset, "--steps", args.oracle_steps, "--eval-every", args.oracle_steps,
+                *([] if context else ["--no-context"]), "--workdir", oracle)
+    rows, lm_seconds = [], []
+    for seed in range(args.seeds):
+        lm = folder / f"lm-seed{seed}"
+        if not (lm / "checkpoint.fsq").exists():
+            fsq_cli("train", "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
+                    "--eval-every", args.lm_steps, "--seed", seed, "--workdir", lm)
+        if not (lm / "eval-test.json").exists():
+            fsq_cli("eval", "--workdir", lm, "--task", task)
+        rows.append(json.loads((lm / "eval-test.json").read_text()))
+        lm_seconds.append(seconds(lm))
+    return {"rows": rows, "seconds": {"oracle": seconds(oracle), "stage II": lm_seconds}}
 
 
-def table(task: str, results: dict) -> str:
-    first = next(iter(results.values()))["rows"]
-    metrics = [k for k in first["stage II"] if k not in ("usage", "perplexity", "entropy_bits", "token_accuracy")]
-    head = "| model | " + " | ".join(metrics) + " | codebook usage | stage-II token accuracy | steps (seconds) |"
-    lines = [f"### {task}", "", head, "|---|" + "---:|" * (len(metrics) + 3)]
-    cells = lambda r: " | ".join(f"{r[m]:.4g}" for m in metrics)
-    lines.append(f"| trivial baseline | {cells(first['trivial baseline'])} | - | - | - |")
-    for quantizer, result in results.items():
-        name, rows = QUANTIZER_NAMES[quantizer], result["rows"]
-        lines.append(f"| oracle (stage I), {name} | {cells(rows['oracle (stage I)'])} | "
-                     f"{rows['oracle (stage I)']['usage']:.1%} | - | {result['oracle'][0]} ({result['oracle'][1]:.0f}) |")
-        lines.append(f"| stage II, {name} | {cells(rows['stage II'])} | {rows['stage II']['usage']:.1%} | "
-                     f"{rows['stage II']['token_accuracy']:.1%} | {result['lm'][0]} ({result['lm'][1]:.0f}) |")
+def mean_std(values) -> str:
+    values = np.asarray(values, np.float64)
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+
+
+def table(task: str, results: dict, seeds: int) -> str:
+    """Markdown: a row per bottleneck (oracle and stage II side by side) and one for the trivial baseline."""
+    first = next(iter(results.values()))["rows"][0]
+    metrics = [k for k in first["stage II"] if k not in NOT_TASK_METRICS]
+    head = ("| bottleneck | " + " | ".join(f"oracle {m}" for m in metrics) + " | "
+            + " | ".join(f"stage II {m}" for m in metrics)
+            + " | oracle usage | stage-II usage | token accuracy | seconds (oracle + stage II) |")
+    lines = [f"### {task} (stage II: mean ± std over {seeds} seed{'s' * (seeds > 1)})", "", head,
+             "|---|" + "---:|" * (2 * len(metrics) + 4)]
+    baseline = " | ".join(f"{first['trivial baseline'][m]:.4g}" for m in metrics)
+    lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - |")
+    for name, result in results.items():
+        oracle = result["rows"][0]["oracle (stage I)"]
+        stage2 = [r["stage II"] for r in result["rows"]]
+        cells = ([f"{oracle[m]:.4g}" for m in metrics] + [mean_std([r[m] for r in stage2]) for m in metrics]
+                 + [f"{oracle['usage']:.1%}", mean_std([100 * r["usage"] for r in stage2]) + "%",
+                    mean_std([100 * r["token_accuracy"] for r in stage2]) + "%",
+                    f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -62,18 +87,37 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/bench-uvim")
     parser.add_argument("--data", default="scenes")
+    parser.add_argument("--tasks", default="depth,colorization,panoptic")
+    parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(NAMES))
+    parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
     parser.add_argument("--oracle-steps", type=int, default=1000)
     parser.add_argument("--lm-steps", type=int, default=1200)
-    parser.add_argument("--tasks", default="depth,colorization,panoptic")
+    parser.add_argument("--oracle-preset", default="quick")
+    parser.add_argument("--lm-preset", default="quick")
+    parser.add_argument("--context-ablation", action="store_true",
+                        help="panoptic also without image context in stage I, FSQ and VQ-split")
+    parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ) and one seed")
     args = parser.parse_args()
+    quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
+    if args.quick:
+        args.seeds = 1
+    if set(quantizers) - set(NAMES):
+        parser.error(f"unknown quantizers {sorted(set(quantizers) - set(NAMES))}: use some of {', '.join(NAMES)}")
+    if args.seeds < 1:
+        parser.error("--seeds must be >= 1")
     workdir = Path(args.workdir)
     everything = {}
     for task in args.tasks.split(","):
-        everything[task] = {q: pipeline(workdir / f"{task}-{q}", task, q, args) for q in QUANTIZERS}
-        print(table(task, everything[task]) + "\n", flush=True)
+        results = {NAMES[q]: pipeline(workdir / f"{task}-{q}", task, q, args) for q in quantizers}
+        if args.context_ablation and task == "panoptic":
+            for q in ("fsq", "vq-split"):
+                results[f"{NAMES[q]}, no context"] = pipeline(workdir / f"{task}-{q}-no-context", task, q, args,
+                                                              context=False)
+        everything[task] = results
+        print(table(task, results, args.seeds) + "\n", flush=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(everything, indent=2))
-    print(f"command: python benchmarks/uvim.py --data {args.data} --oracle-steps {args.oracle_steps} "
-          f"--lm-steps {args.lm_steps}")
+    print("command: python benchmarks/uvim.py " + " ".join(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -257,7 +257,8 @@ def uvim_area(batch_size: int = 32, decode_batch: int = 256, repeats: int = 3) -
                                         weight_decay=1e-4, data_header={})
     row = _training_row("UViM oracle (stage I), depth, quick preset", "images", 1, oracle_task, batch_size)
     lm_task = _LMStepTask(task, oracle, train_ds, batch_size)
-    lm_row = _training_row("UViM stage II, quick preset, 16-token codes", "images", 1, lm_task, batch_size)
+    lm_row = _training_row(f"UViM stage II, quick preset, {oracle.grid ** 2}-token codes", "images", 1, lm_task,
+                           batch_size)
     lm = lm_task.init_state(jr.key(0)).model
     context = task.context(train_ds.batch(np.arange(decode_batch) % len(train_ds)))
     decode = lambda key: uvim.generate_code(lm, context, key)  # noqa: E731

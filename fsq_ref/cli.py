@@ -63,7 +63,8 @@ def train_group():
 @train_group.command("autoencoder")
 @with_data_options(default="fashion-mnist")
 @click.option("--quantizer", type=click.Choice(quantizers.KINDS), default="fsq", show_default=True,
-              help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (EMA + splitting)")
+              help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (UViM: EMA + "
+                   "splitting); vq-nosplit (UViM's EMA VQ without splitting)")
 @click.option("--levels", default=None, help="FSQ levels, e.g. 8,6,5 (default: levels_for(--codebook-size), else 8,6,5)")
 @click.option("--codebook-size", type=int, default=None, help="VQ codebook size; for FSQ, picks the paper's levels")
 @click.option("--vq-dim", type=int, default=16, show_default=True, help="VQ codeword size")
@@ -105,7 +106,7 @@ def study_group():
 @with_data_options(default="fashion-mnist")
 @click.option("--sizes", default=",".join(map(str, study.PAPER_SIZES)), show_default=True,
               help="target codebook sizes (each must be in the paper's Table 1 for FSQ)")
-@click.option("--quantizers", "kinds", default=",".join(quantizers.KINDS), show_default=True,
+@click.option("--quantizers", "kinds", default=",".join(study.QUANTIZERS), show_default=True,
               help=f"comma-separated, from: {', '.join(quantizers.KINDS)}")
 @click.option("--steps", type=int, default=1500, show_default=True, help="training steps per run (equal budgets)")
 @click.option("--batch-size", type=int, default=16, show_default=True)

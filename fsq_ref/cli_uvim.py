@@ -10,7 +10,7 @@ from fsq_ref import checkpoint, dense, dense_tasks, presets, quantizers, runs, t
 from fsq_ref.cli_options import int_list, run_training, save_npz, with_options, with_training_options
 from fsq_ref.errors import InputError
 
-UVIM_QUANTIZERS = ("fsq", "vq", "vq-split")
+UVIM_QUANTIZERS = ("fsq", "vq-split", "vq-nosplit", "vq")
 DEFAULT_LEVELS = (7, 5, 5, 5, 5)  # the paper's UViM levels (4375 codes)
 DEFAULT_VQ_SIZE = 4096  # UViM's dictionary
 
@@ -34,17 +34,22 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
 @click.option("--task", "task_name", required=True, type=click.Choice(dense_tasks.TASKS))
 @with_dense_data_options
 @click.option("--quantizer", type=click.Choice(UVIM_QUANTIZERS), default="fsq", show_default=True,
-              help="fsq; vq (codebook + commitment loss); vq-split (UViM's: EMA dictionary with codebook splitting)")
+              help="fsq; vq-split (UViM's: EMA dictionary with codebook splitting); vq-nosplit (the same without "
+                   "splitting); vq (codebook + commitment loss)")
 @click.option("--levels", default=None, help="FSQ levels (default: levels_for(--codebook-size), else the paper's "
               "UViM levels 7,5,5,5,5)")
 @click.option("--codebook-size", type=int, default=None,
               help=f"VQ codebook size (default {DEFAULT_VQ_SIZE}); for FSQ, picks the paper's levels for that size")
 @click.option("--preset", type=click.Choice(presets.ORACLE), default="quick", show_default=True, help="network size")
-@click.option("--code-dropout/--no-code-dropout", default=True, show_default=True)
+@click.option("--context/--no-context", default=True, show_default=True,
+              help="--no-context: stage I never sees the input image (the paper's context ablation)")
+@click.option("--code-dropout/--no-code-dropout", default=None, help="default: on with context, off without")
+@click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
+              help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
 @with_training_options(batch_size=32, learning_rate=2e-3)
-def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, code_dropout, steps,
-                 time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume, init_from,
-                 tensorboard):
+def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
+                 depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume,
+                 init_from, tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
@@ -54,12 +59,16 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
     levels = tuple(int_list(levels, "--levels", "7,5,5,5,5")) if levels is not None else None
     q = quantizers.from_options(quantizer, levels=levels, codebook_size=codebook_size, default_levels=DEFAULT_LEVELS,
                                 default_vq_size=DEFAULT_VQ_SIZE)
-    config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout)
+    # Without context, code dropout would only hide part of the output from a decoder that has nothing else to go on.
+    code_dropout = context if code_dropout is None else code_dropout
+    config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,
+                                 context=context)
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
-                                       seed=seed, weight_decay=loop.weight_decay, dtype=dtype)
+                                       seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head)
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
-               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code")
+               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
+               f"{'with' if context else 'without'} image context, code dropout {'on' if code_dropout else 'off'}")
     run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
 
@@ -91,7 +100,8 @@ def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_s
                              dtype=loop.dtype)
     click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec} ({len(train_ds)} train and "
                f"{len(test_ds)} test examples): predicting codes of {task.oracle_config.grid ** 2} tokens from "
-               f"{task.codebook_size}")
+               f"{task.codebook_size}, of an oracle {'with' if task.oracle_config.context else 'without'} image "
+               "context")
     run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, predictions, targets)")
 

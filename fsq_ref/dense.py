@@ -9,11 +9,13 @@ so `load` offers three small sources with the same interface, `DenseData`:
   segmentation only).
 - a folder of the user's own images with depth and/or panoptic labels (the layout is described in `load`).
 
-Instance ids follow one convention in every source: in each image, the n visible thing segments are numbered 1..n
-in increasing order of their centroid's column (then row, then first pixel in raster order), and stuff pixels get 0.
-Any labelling whose segments are the same gets the same ids, so the ids are a function of what the image shows:
-with arbitrary ids the target would hold a choice that UViM's stage II, which predicts the target's code from the
-image, could only guess. `canonical_instances` applies the convention.
+Instance ids follow one convention in every source, UViM's (big_vision's `pp/proj/uvim/pp_ops.py::
+get_make_canonical`, whose COCO input gives every stuff region a segment id too): in each image, the n segments (one
+per thing instance, one per stuff class present) are numbered 1..n in increasing order of H * (centroid row) +
+(centroid column), i.e. roughly top to bottom, then left to right (ties: first pixel in raster order). Any labelling
+whose segments are the same gets the same ids, so the ids are a function of what the image shows: with arbitrary ids
+the target would hold a choice that UViM's stage II, which predicts the target's code from the image, could only
+guess. `canonical_instances` applies the convention.
 
 Legend: N examples, H W image height and width (square, `size`), P = H*W pixels.
 """
@@ -44,8 +46,9 @@ class DenseData:
 
     images: uint8 [N, H, W, 3] RGB: the input for depth and panoptic, the target for colorization.
     depth: float32 [N, H, W], metres, finite and > 0. semantic: int32 [N, H, W] in [0, num_classes).
-    instance: int32 [N, H, W], 0 on stuff and 1..n on the n thing segments of each image (see the module docstring).
-    max_instances: no instance id exceeds it (0 without instances). max_depth: no depth exceeds it (0.0 without depth).
+    instance: int32 [N, H, W], 1..n on the n segments of each image, stuff included (see the module docstring).
+    max_instances: no instance id exceeds it (0 without panoptic labels).
+    max_depth: no depth exceeds it (0.0 without depth).
     """
 
     images: np.ndarray
@@ -77,9 +80,10 @@ class DenseData:
 
 
 def canonical_instances(semantic: np.ndarray, instance: np.ndarray, thing_classes) -> np.ndarray:
-    """Renumbers instance ids to the convention of the module docstring: int32 [..., H, W].
+    """Renumbers instance ids to the convention of the module docstring: int32 [..., H, W], every pixel >= 1.
 
-    A thing segment is a (class, instance id) pair of one image, connected or not; the ids of stuff pixels are ignored.
+    A thing segment is a (class, instance id) pair of one image, connected or not; a stuff segment is all pixels of a
+    stuff class in one image (their ids are ignored).
 
     Args:
       semantic, instance: non-negative integers [..., H, W]; leading axes index images.
@@ -91,27 +95,26 @@ def canonical_instances(semantic: np.ndarray, instance: np.ndarray, thing_classe
                          f"and {list(instance.shape)}")
     if semantic.size and min(semantic.min(), instance.min()) < 0:
         raise InputError("semantic classes and instance ids must be >= 0: relabel negative values")
-    shape, width = semantic.shape, semantic.shape[-1]
-    flat = (math.prod(shape[:-2]), shape[-2] * width)  # [images, P]
-    semantic, instance = semantic.reshape(flat), instance.reshape(flat)
-    out = np.zeros(semantic.shape, np.int32)
-    image, pixel = np.nonzero(np.isin(semantic, thing_classes))  # in raster order within each image
-    if len(pixel):
-        # Compacting classes and ids first keeps the mixed-radix key below 2^63 whatever the raw values are.
-        _, cls = np.unique(semantic[image, pixel], return_inverse=True)
-        _, ids = np.unique(instance[image, pixel], return_inverse=True)
-        key = (image.astype(np.int64) * (cls.max() + 1) + cls) * (ids.max() + 1) + ids
-        _, first, segment = np.unique(key, return_index=True, return_inverse=True)
-        area = np.bincount(segment)
-        row, col = np.divmod(pixel, width)
-        # The mean of integers is correctly rounded, so equal centroids compare equal and the first pixel breaks ties.
-        order = np.lexsort((pixel[first], np.bincount(segment, row) / area, np.bincount(segment, col) / area,
-                            image[first]))
-        sorted_image = image[first][order]
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order)) - np.searchsorted(sorted_image, sorted_image) + 1
-        out[image, pixel] = rank[segment]
-    return out.reshape(shape)
+    shape, (height, width) = semantic.shape, semantic.shape[-2:]
+    if not semantic.size:
+        return np.zeros(shape, np.int32)
+    images, pixels = math.prod(shape[:-2]), height * width
+    semantic, instance = semantic.reshape(-1), np.where(np.isin(semantic, thing_classes), instance, -1).reshape(-1)
+    image, pixel = np.divmod(np.arange(images * pixels), pixels)
+    # Compacting classes and ids first keeps the mixed-radix key below 2^63 whatever the raw values are.
+    _, cls = np.unique(semantic, return_inverse=True)
+    _, ids = np.unique(instance, return_inverse=True)
+    key = (image.astype(np.int64) * (cls.max() + 1) + cls) * (ids.max() + 1) + ids
+    _, first, segment = np.unique(key, return_index=True, return_inverse=True)
+    area = np.bincount(segment)
+    row, col = np.divmod(pixel, width)
+    # The mean of integers is correctly rounded, so equal centroids compare equal and the first pixel breaks ties.
+    centre = height * (np.bincount(segment, row) / area) + np.bincount(segment, col) / area
+    order = np.lexsort((pixel[first], centre, image[first]))
+    sorted_image = image[first][order]
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(len(order)) - np.searchsorted(sorted_image, sorted_image) + 1
+    return rank[segment].astype(np.int32).reshape(shape)
 
 
 def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, seed: int = 0) -> DenseData:
@@ -157,8 +160,9 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
 
 def _scenes(n: int, split: str, seed: int, size: int) -> DenseData:
     images, depth, semantic, objects = scenes.generate(n, seed=seed, stream=SPLITS.index(split), size=size)
+    segments = scenes.MAX_OBJECTS + len(scenes.CLASSES) - len(scenes.THINGS)  # objects and the stuff classes
     return DenseData(images, depth, semantic, canonical_instances(semantic, objects, scenes.THINGS), scenes.CLASSES,
-                     scenes.THINGS, scenes.MAX_OBJECTS, scenes.MAX_DEPTH)
+                     scenes.THINGS, segments, scenes.MAX_DEPTH)
 
 
 # --- Fashion-MNIST garments on a canvas ----------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def _garment_canvases(n: int, split: str, seed: int, size: int, data_dir: str | 
             semantic[window][cover], instance[window][cover] = 1 + labels[i, j], j + 1
     things = tuple(range(1, 1 + len(data.FASHION_MNIST_CLASSES)))
     return DenseData(np.repeat(grey[..., None], 3, -1), None, semantic, canonical_instances(semantic, instance, things),
-                     ("background", *data.FASHION_MNIST_CLASSES), things, 3, 0.0)
+                     ("background", *data.FASHION_MNIST_CLASSES), things, 4, 0.0)  # 3 garments + background
 
 
 # --- The user's own folder -----------------------------------------------------------------------------------------

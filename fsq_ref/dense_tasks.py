@@ -3,37 +3,41 @@
 A task says how its input is shown to the networks (`context`: RGB for depth and panoptic segmentation, grey for
 colorization, as in UViM), how its target is shown to the stage-I encoder (`target`), how many channels the stage-I
 decoder outputs (`out_channels`), the training loss on those outputs, how outputs become a prediction, the trivial
-baseline the model must beat, and the metric the paper reports:
+baseline the model must beat, and the metric the paper reports (`dense_metrics`, as big_vision's evaluators):
 
-- depth: RGB -> depth in metres. As in UViM the decoder classifies each pixel into `DEPTH_BINS` uniform bins over
-  [0, max_depth] (cross-entropy); the prediction is the expected depth under those probabilities (which lowers RMSE
-  compared with the arg-max bin). Metrics: RMSE and absolute relative error. Baseline: the training set's mean depth.
-- colorization: grey -> RGB, mean squared error on [-1, 1]. Metrics: PSNR and a Frechet distance between the
-  distributions of per-image chroma histograms. The paper uses FID, which needs an ImageNet Inception network that
-  cannot be downloaded here; what FID catches in colorization is mostly washed-out, greyish colour, and a chroma
-  histogram (luma removed: the model is given it) measures exactly that. Baseline: the grey image as colour.
-- panoptic: RGB -> per-pixel (semantic class, instance id). Cross-entropy on both maps. Metric: panoptic quality
-  (`panoptic.PanopticQuality`, x100 as papers print it). Baseline: every pixel the most frequent class, no instances.
+- depth: RGB -> depth in metres. Follows big_vision's `trainers/proj/uvim/depth_task.py`: the decoder classifies
+  each pixel into `DEPTH_BINS` uniform bins over the fixed range [0, max_depth] (`loss_fn`: cross-entropy, with the
+  pixels whose depth is invalid left out), and the prediction is the centre of the arg-max bin (`predict_outputs`).
+  `head="expectation"` predicts the expected bin centre under the softmax instead (lower RMSE; not UViM's). UViM's
+  NYU range is [1e-3, 10] m; ours is [0, 12] m for the scenes, or the training split's largest depth, rounded up.
+  Metrics: RMSE, AbsRel and delta1 per image, averaged. Baseline: the training set's mean depth.
+- colorization: grey -> RGB, mean squared error on [-1, 1] (`colorization_task.py`). Metrics: PSNR and a Frechet
+  distance between per-image chroma histograms (why not FID: see `dense_metrics`). Baseline: the grey image as colour.
+- panoptic: RGB -> per-pixel (semantic class, instance id), the instance ids numbering every segment, stuff too
+  (`dense.canonical_instances`). Cross-entropy on both maps (`panoptic_task.py::loss_fn`). Prediction: follows
+  `panoptic_task.py::panoptic_predictions_from_logits`: each pixel takes the arg-max instance, and each predicted
+  instance one class, the arg-max of the semantic logits (logits, not probabilities, as the reference) summed over
+  its pixels. Metric: panoptic quality (x100). Baseline: every pixel the most frequent class, no instances.
 
 Batches are dicts of numpy/JAX arrays as `dense.DenseData.batch` makes them. Legend: B batch, H W image size, O the
 decoder's output channels.
 """
 
 import dataclasses
-import math
-from typing import Protocol
+from typing import Literal, Protocol
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from fsq_ref import dense, metrics
+from fsq_ref import dense
+from fsq_ref.dense_metrics import ColourMetric, DepthMetric, PanopticMetric, valid_depth
 from fsq_ref.errors import InputError
 from fsq_ref.panoptic import PanopticQuality
 
 DEPTH_BINS = 256  # UViM's depth quantisation
-CHROMA_BINS = 8  # per axis of the (Cb, Cr) histogram used for the colour Frechet distance
+DEPTH_HEADS = ("argmax", "expectation")
 
 TASKS = ("depth", "colorization", "panoptic")
 
@@ -97,26 +101,39 @@ class Depth:
     target_channels: int = 1
     out_channels: int = DEPTH_BINS
     mean_depth: float = 0.0  # the baseline's constant prediction (training-set mean)
+    head: Literal["argmax", "expectation"] = "argmax"
+
+    def __post_init__(self):
+        if self.head not in DEPTH_HEADS:
+            raise InputError(f"unknown depth head {self.head!r}: use one of {', '.join(DEPTH_HEADS)}")
 
     def context(self, batch):
         return _unit(batch["image"])
 
+    def _depth(self, batch):  # invalid depth (holes) as 0, so that it cannot poison the encoder or the loss
+        depth = jnp.asarray(batch["depth"])
+        return jnp.where(valid_depth(depth, self.max_depth), depth, 0.0), valid_depth(depth, self.max_depth)
+
     def target(self, batch):
-        return (jnp.asarray(batch["depth"])[..., None] / self.max_depth) * 2.0 - 1.0
+        return (self._depth(batch)[0][..., None] / self.max_depth) * 2.0 - 1.0
 
     def loss(self, outputs, batch):
-        bins = jnp.clip(jnp.floor(jnp.asarray(batch["depth"]) / self.max_depth * DEPTH_BINS), 0, DEPTH_BINS - 1)
-        return _cross_entropy(outputs, bins.astype(jnp.int32))
+        depth, valid = self._depth(batch)
+        bins = jnp.clip(jnp.floor(depth / self.max_depth * DEPTH_BINS), 0, DEPTH_BINS - 1).astype(jnp.int32)
+        log_p = jnp.take_along_axis(jax.nn.log_softmax(outputs), bins[..., None], axis=-1)[..., 0]
+        return -jnp.sum(jnp.where(valid, log_p, 0.0)) / jnp.maximum(jnp.sum(valid, dtype=log_p.dtype), 1.0)
 
     def predict(self, outputs):
         centres = (jnp.arange(DEPTH_BINS, dtype=jnp.float32) + 0.5) * (self.max_depth / DEPTH_BINS)
-        return {"depth": jax.nn.softmax(outputs) @ centres}
+        if self.head == "expectation":
+            return {"depth": jax.nn.softmax(outputs) @ centres}
+        return {"depth": centres[jnp.argmax(outputs, axis=-1)]}
 
     def baseline(self, batch):
         return {"depth": np.full(batch["depth"].shape, self.mean_depth, np.float32)}
 
     def metric(self):
-        return _DepthMetric()
+        return DepthMetric(self.max_depth)
 
     def show(self, values):
         near = 1.0 - np.clip(np.asarray(values["depth"]) / self.max_depth, 0.0, 1.0)  # near is bright
@@ -124,31 +141,6 @@ class Depth:
 
     def show_input(self, batch):
         return np.asarray(batch["image"])
-
-
-class _DepthMetric:
-    """RMSE and AbsRel over the pixels whose true depth is valid (finite and > 0), as UViM evaluates NYU depth.
-
-    Depth maps have holes where the sensor saw nothing (0 in NYU's and most 16-bit PNGs): there AbsRel would divide
-    by zero and RMSE would score a prediction against a depth nobody measured. With no valid pixel, both are NaN.
-    """
-
-    def __init__(self):
-        self.sq = self.rel = 0.0
-        self.pixels = 0
-
-    def update(self, prediction, batch):
-        pred, true = np.asarray(prediction["depth"], np.float64), np.asarray(batch["depth"], np.float64)
-        valid = np.isfinite(true) & (true > 0)
-        pred, true = pred[valid], true[valid]
-        self.sq += float(np.sum((pred - true) ** 2))
-        self.rel += float(np.sum(np.abs(pred - true) / true))
-        self.pixels += true.size
-
-    def result(self):
-        if not self.pixels:
-            return {"rmse": math.nan, "abs_rel": math.nan}
-        return {"rmse": math.sqrt(self.sq / self.pixels), "abs_rel": self.rel / self.pixels}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,44 +168,13 @@ class Colorization:
         return {"image": np.repeat(np.asarray(grey(batch["image"])), 3, axis=-1)}
 
     def metric(self):
-        return _ColourMetric()
+        return ColourMetric()
 
     def show(self, values):
         return np.asarray(values["image"])
 
     def show_input(self, batch):
         return self.baseline(batch)["image"]
-
-
-def chroma_histograms(images: np.ndarray) -> np.ndarray:
-    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601), [N, CHROMA_BINS**2]."""
-    rgb = images.astype(np.float64) / 255.0
-    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]  # in [-0.5, 0.5]
-    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
-    to_bin = lambda c: np.clip(((c + 0.5) * CHROMA_BINS).astype(np.int64), 0, CHROMA_BINS - 1)
-    flat = (to_bin(cb) * CHROMA_BINS + to_bin(cr)).reshape(len(images), -1)
-    offsets = np.arange(len(images))[:, None] * CHROMA_BINS**2
-    counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * CHROMA_BINS**2)
-    return counts.reshape(len(images), -1) / flat.shape[1]
-
-
-class _ColourMetric:
-    def __init__(self):
-        self.fake, self.real = [], []
-        self.sq = 0.0
-        self.values = 0
-
-    def update(self, prediction, batch):
-        fake, real = np.asarray(prediction["image"]), np.asarray(batch["image"])
-        self.sq += float(np.sum(((fake.astype(np.float64) - real) / 255.0) ** 2))
-        self.values += real.size
-        self.fake.append(chroma_histograms(fake))
-        self.real.append(chroma_histograms(real))
-
-    def result(self):
-        fd = metrics.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake))
-        # The histograms are fractions; x100 puts the distance on a readable scale.
-        return {"psnr": metrics.psnr(self.sq / self.values), "colour_fd": 100.0 * fd}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,17 +207,19 @@ class Panoptic:
                 + _cross_entropy(outputs[..., self.num_classes:], batch["instance"]))
 
     def predict(self, outputs):
-        semantic = jnp.argmax(outputs[..., :self.num_classes], axis=-1).astype(jnp.int32)
-        instance = jnp.argmax(outputs[..., self.num_classes:], axis=-1).astype(jnp.int32)
-        is_thing = jnp.isin(semantic, jnp.asarray(self.thing_classes, jnp.int32))
-        return {"semantic": semantic, "instance": jnp.where(is_thing, instance, 0)}
+        instance = jnp.argmax(outputs[..., self.num_classes:], axis=-1)
+        masks = jax.nn.one_hot(instance, self.max_instances + 1, dtype=outputs.dtype)  # [B, H, W, N]
+        votes = jnp.einsum("bhwk,bhwn->bnk", outputs[..., :self.num_classes], masks)  # summed logits per instance
+        label = jnp.argmax(votes, axis=-1)  # [B, N]: one class per instance
+        semantic = jnp.take_along_axis(label, instance.reshape(len(instance), -1), axis=1).reshape(instance.shape)
+        return {"semantic": semantic.astype(jnp.int32), "instance": instance.astype(jnp.int32)}
 
     def baseline(self, batch):
         shape = batch["semantic"].shape
         return {"semantic": np.full(shape, self.background, np.int32), "instance": np.zeros(shape, np.int32)}
 
     def metric(self):
-        return _PanopticMetric(PanopticQuality(self.num_classes, self.thing_classes))
+        return PanopticMetric(PanopticQuality(self.num_classes, self.thing_classes))
 
     def show(self, values):
         """A colour per class, made darker for each further instance of a class."""
@@ -268,28 +231,16 @@ class Panoptic:
         return np.asarray(batch["image"])
 
 
-class _PanopticMetric:
-    def __init__(self, pq: PanopticQuality):
-        self.pq = pq
-
-    def update(self, prediction, batch):
-        self.pq.update(np.asarray(prediction["semantic"]), np.asarray(prediction["instance"]), batch["semantic"],
-                       batch["instance"])
-
-    def result(self):
-        r = self.pq.result()
-        return {"pq": 100.0 * r["pq"], "sq": 100.0 * r["sq"], "rq": 100.0 * r["rq"]}
-
-
-def make(name: str, train: "dense.DenseData") -> DenseTask:
-    """The task `name` for data like `train` (whose statistics set the baselines)."""
+def make(name: str, train: "dense.DenseData", *, depth_head: str = "argmax") -> DenseTask:
+    """The task `name` for data like `train` (whose statistics set the baselines); `depth_head`: see `Depth`."""
     if name not in TASKS:
         raise InputError(f"unknown task {name!r}: use one of {', '.join(TASKS)}")
     if not train.has(name):
         raise InputError(f"this data has no {name} targets: depth needs `scenes` or a folder with depth/, panoptic "
                          "needs `scenes`, `fashion-mnist-panoptic` or a folder with semantic/ and instance/")
     if name == "depth":
-        return Depth(max_depth=float(train.max_depth), mean_depth=float(np.mean(train.depth)))
+        valid = valid_depth(train.depth, train.max_depth)
+        return Depth(max_depth=float(train.max_depth), mean_depth=float(np.mean(train.depth[valid])), head=depth_head)
     if name == "colorization":
         return Colorization()
     counts = np.bincount(train.semantic.ravel(), minlength=train.num_classes)

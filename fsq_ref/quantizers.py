@@ -35,7 +35,7 @@ class Quantized(NamedTuple):
     metrics: dict[str, Array]  # scalar diagnostics for logging
 
 
-Kind = Literal["fsq", "vq", "vq-entropy", "vq-split"]
+Kind = Literal["fsq", "vq", "vq-entropy", "vq-split", "vq-nosplit"]
 KINDS: tuple[str, ...] = Kind.__args__
 DEFAULT_LEVELS = (8, 6, 5)  # the paper's levels for 2^8 codes
 DEFAULT_VQ_SIZE = 256
@@ -46,8 +46,10 @@ class QuantizerConfig:
     """Which quantizer sits in a bottleneck.
 
     kind: "fsq" (levels); "vq" (codebook + commitment loss, MaskGIT's VQ without its entropy term); "vq-entropy"
-    (plus MaskGIT's entropy loss, weight 0.1); "vq-split" (UViM: EMA dictionary, momentum 0.995, l2-normalised codes,
-    dead codes split off the most used one when their discounted count falls under 0.1).
+    (plus MaskGIT's entropy loss, weight 0.1); "vq-split" (UViM's stage-I VQ, big_vision's
+    `models/proj/uvim/vit.py::Model.encode`: EMA dictionary, momentum 0.995, latents standardised per token,
+    l2-normalised codewords, no commitment loss, dead codes split off the most used one when their discounted count
+    falls under 0.1); "vq-nosplit" (the same without splitting: the paper's "VQ without splitting" ablation).
     """
 
     kind: Kind = "fsq"
@@ -80,10 +82,12 @@ class QuantizerConfig:
 
         if self.kind == "fsq":
             return fsq.FSQ(self.levels)
+        uvim = {"ema_decay": 0.995, "l2_normalize": True, "standardize": True, "commitment": 0.0}
         options = {
             "vq": {},
             "vq-entropy": {"entropy_weight": 0.1},
-            "vq-split": {"ema_decay": 0.995, "split_threshold": 0.1, "l2_normalize": True},
+            "vq-split": {**uvim, "split_threshold": 0.1},
+            "vq-nosplit": uvim,
         }[self.kind]
         return vq.VQ(self.codebook_size, self.vq_dim, key=key, **options)
 

@@ -131,7 +131,9 @@ def describe(workdir) -> dict:
                           f"{config['num_classes']} classes (tokenizer {task['tokens']['tokenizer'][:12]})")
         info["network"] = ", ".join(f"{k} {config[k]}" for k in ("dim", "depth", "num_heads", "mlp_dim", "dropout"))
     if kind == "uvim-oracle":
-        info["task"] = task["dense_task"]["name"]
+        oracle = uvim_train.OracleConfig.from_dict(task["oracle"])
+        info["task"] = (f"{task['dense_task']['name']}, {oracle.grid}x{oracle.grid} code, "
+                        f"{'with' if oracle.context else 'without'} image context")
     if kind == "uvim-lm":
         info["oracle"] = task["oracle_dir"]
     info["checkpoint sha256"] = header.get("sha256", "")[:12]

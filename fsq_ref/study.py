@@ -43,9 +43,10 @@ import jax.random as jr
 from fsq_ref import (checkpoint, data, features, fsq, maskgit, maskgit_train, metrics, presets, progress, tokenizer,
                      train)
 from fsq_ref.errors import InputError
-from fsq_ref.quantizers import KINDS, QuantizerConfig
+from fsq_ref.quantizers import QuantizerConfig
 from fsq_ref.study_report import write_outputs
 
+QUANTIZERS = ("fsq", "vq", "vq-entropy", "vq-split")  # the study's default: the paper's Fig. 3 set
 PAPER_SIZES = (16, 64, 256, 1024, 4096, 16384)  # 2^4 ... 2^14, the sizes of Table 1 that fit a CPU's memory
 RESULT = "result.json"  # in a run's folder: written once the run is trained and measured
 CHECKPOINT_EVERY = 1000  # steps between checkpoints, so that an interrupted run loses little
@@ -204,7 +205,7 @@ def _maskgit_panels(state, run_dir: Path, shared: _SharedData, steps: int, seed:
 
 
 def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: Sequence[int] = PAPER_SIZES,
-              quantizers: Sequence[str] = KINDS, steps: int, batch_size: int = 16,
+              quantizers: Sequence[str] = QUANTIZERS, steps: int, batch_size: int = 16,
               preset: str = "fashion-mnist", seed: int = 0, data_dir: str | None = None, maskgit_steps: int = 0,
               echo: Callable[[str], None] = progress.say) -> list[dict]:
     """Train and measure one tokenizer per (quantizer, codebook size) with equal budgets; write the study's files.
@@ -213,7 +214,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       workdir: the study's folder (created if needed); a folder of an earlier call with the same options continues it.
       data_spec, data_dir: the dataset, as `data.load` takes them; the test split is what every run is measured on.
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
-      quantizers: any of "fsq", "vq", "vq-entropy", "vq-split" (see `quantizers.QuantizerConfig`).
+      quantizers: any of `quantizers.KINDS` (see `quantizers.QuantizerConfig`); by default the four of Fig. 3.
       steps, batch_size, preset, seed: the budget and network every run shares.
       maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels).
       echo: receives a progress line before each run, and the training loop's messages.

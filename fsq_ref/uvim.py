@@ -10,6 +10,9 @@ Two stages solve a dense-prediction task (`dense_tasks`: depth, colorization, pa
   keeps a random fraction of its code tokens and the decoder sees the others as absent, so it learns to lean on the
   context and stays useful when stage II gets some tokens wrong. A "kept" flag channel tells the decoder which tokens
   are absent, because FSQ's all-zero vector is also a valid code (UViM zeroes dropped VQ codes, which never are).
+  Without context (`OracleConfig.context` False: the paper's context ablation, big_vision's `with_encoder_ctx` and
+  `with_decoder_ctx` off in `models/proj/uvim/vit.py::Model`) neither the encoder nor the decoder sees the input, so
+  the code has to carry the whole output.
 - Stage II, the language model: an encoder-decoder transformer reads the input image and predicts the guiding code
   token by token. At inference: image -> stage II code -> stage I decoder (with the image) -> prediction.
 
@@ -51,6 +54,7 @@ class OracleConfig:
     context_dim: int  # channels of the context features the decoder gets beside the code
     quantizer: QuantizerConfig = QuantizerConfig("fsq", levels=(7, 5, 5, 5, 5))
     code_dropout: bool = True
+    context: bool = True  # False: stage I never sees the input (the paper's context ablation)
 
     @property
     def grid(self) -> int:
@@ -84,7 +88,7 @@ def _channels_last(x: Float[Array, "C H W"]) -> Float[Array, "H W C"]:
 class Oracle(eqx.Module):
     """Stage I: (target, context) -> guiding code -> (code, context) -> decoder outputs (logits or values)."""
 
-    context_encoder: Encoder
+    context_encoder: Encoder | None
     encoder: Encoder
     quantizer: fsq.FSQ | vq.VQ
     decoder: Decoder
@@ -98,12 +102,15 @@ class Oracle(eqx.Module):
         shape = dict(base_filters=config.base_filters, channel_multipliers=config.channel_multipliers,
                      num_res_blocks=config.num_res_blocks)
         self.quantizer = config.quantizer.build(key=q_key)
-        self.context_encoder = Encoder(in_channels=context_channels, out_dim=config.context_dim, key=ctx_key, **shape)
+        if not config.context:
+            context_channels = 0
+        self.context_encoder = (Encoder(in_channels=context_channels, out_dim=config.context_dim, key=ctx_key, **shape)
+                                if config.context else None)
         self.encoder = Encoder(in_channels=target_channels + context_channels, out_dim=self.quantizer.dim,
                                key=enc_key, **shape)
         # Decoder input per code position: the code, its "kept" flag, and the context's features.
-        self.decoder = Decoder(in_dim=self.quantizer.dim + 1 + config.context_dim, out_channels=config.base_filters,
-                               key=dec_key, **shape)
+        self.decoder = Decoder(in_dim=self.quantizer.dim + 1 + config.context_dim * config.context,
+                               out_channels=config.base_filters, key=dec_key, **shape)
         # The full-resolution context joins again at the end, so fine detail need not pass through the code.
         self.head_hidden = eqx.nn.Conv2d(config.base_filters + context_channels, config.base_filters, 3, padding=1,
                                          key=hidden_key)
@@ -113,14 +120,18 @@ class Oracle(eqx.Module):
     def encode(self, target: Float[Array, "B H W Ct"], context: Float[Array, "B H W Cc"], qstate, *,
                key: PRNGKeyArray | None = None, train: bool = False):
         """-> (quantizers.Quantized with codes [B, h, w, D] and indices [B, h, w], new quantizer state)."""
-        z = jax.vmap(self.encoder)(jnp.concatenate([target, context], axis=-1))
+        z = jax.vmap(self.encoder)(jnp.concatenate([target, *self._context(context)], axis=-1))
         return self.quantizer(z, qstate, key=key, train=train)
+
+    def _context(self, context: Float[Array, "B H W Cc"]) -> list:
+        return [] if self.context_encoder is None else [context]
 
     def decode(self, codes: Float[Array, "B h w D"], kept: Bool[Array, "B h w"],
                context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
         flag = kept[..., None].astype(codes.dtype)
-        x = jnp.concatenate([codes * flag, flag, jax.vmap(self.context_encoder)(context)], axis=-1)
-        x = jnp.concatenate([jax.vmap(self.decoder)(x), context], axis=-1)
+        features = [jax.vmap(self.context_encoder)(c) for c in self._context(context)]
+        x = jnp.concatenate([codes * flag, flag, *features], axis=-1)
+        x = jnp.concatenate([jax.vmap(self.decoder)(x), *self._context(context)], axis=-1)
         return jax.vmap(lambda x: _channels_last(self.head_out(jax.nn.swish(self.head_hidden(_hw(x))))))(x)
 
 

@@ -12,7 +12,17 @@ docs/paper-notes.md):
   the latents assigned to each code, and a codeword is their ratio;
 - UViM's codebook splitting (needs the EMA dictionary): while some code's discounted count is below a threshold, it
   is replaced by a slightly perturbed copy of the most used code and the two share that code's count;
-- l2-normalised latents and codewords (UViM normalises both).
+- normalisation: l2-normalised codewords, with latents either l2-normalised too or standardised per token (zero mean
+  and unit variance over the channels, as `jax.nn.standardize`). UViM's stage I does the latter and trains without
+  a commitment loss (`w_commitment` 0): follows big_vision's `models/proj/uvim/vit.py::Model.encode` and
+  `::split_the_most_frequent_embedding` (`quantizers.QuantizerConfig` "vq-split"; "vq-nosplit" is the same without
+  splitting, the paper's "VQ without splitting" ablation).
+
+Codeword size: big_vision's UViM configs set `codeword_dim` 768, the width of their ViT (one codeword per ViT token).
+Ours default to 16 channels (`quantizers.QuantizerConfig.vq_dim`): our oracle is a small conv net whose widest layer
+has 64 channels, and the nearest-neighbour search costs N*K*D, so a 768-wide codeword would make VQ many times more
+expensive than the network around it on a CPU; 16 channels still give standardisation enough channels to be
+meaningful, and more than FSQ's 5 channels for the same ~4k codes.
 
 State that changes in training (the EMA dictionary) is passed to `VQ.__call__` and returned, never mutated.
 
@@ -40,6 +50,12 @@ class VQState(NamedTuple):
 
 def _normalize(x: Float[Array, "... D"]) -> Float[Array, "... D"]:
     return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + 1e-12)
+
+
+def standardize(x: Float[Array, "... D"]) -> Float[Array, "... D"]:
+    """Zero mean and unit variance over the channels of each latent (`jax.nn.standardize` with its epsilon 1e-5)."""
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    return centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + 1e-5)
 
 
 def nearest(x: Float[Array, "N D"], codebook: Float[Array, "K D"]) -> tuple[Int[Array, " N"], Float[Array, "N K"]]:
@@ -133,7 +149,8 @@ class VQ(eqx.Module):
     """A vector quantizer with the calling shape of `fsq.FSQ`: `(Quantized, state) = vq(z, state, key=, train=)`.
 
     Without `ema_decay` the codebook is a parameter learned by the codebook loss and the state is None. With it, the
-    dictionary lives in `VQState` (initialise with `init_state`) and `codebook` is None.
+    dictionary lives in `VQState` (initialise with `init_state`) and `codebook` is None. `l2_normalize` normalises
+    the codewords and the latents; `standardize` standardises the latents per token instead (UViM's stage I).
     """
 
     codebook: Float[Array, "K D"] | None
@@ -145,6 +162,7 @@ class VQ(eqx.Module):
     ema_decay: float | None = eqx.field(static=True)
     split_threshold: float | None = eqx.field(static=True)
     l2_normalize: bool = eqx.field(static=True)
+    standardize: bool = eqx.field(static=True)
     axis_name: str | None = eqx.field(static=True)
 
     def __init__(
@@ -158,17 +176,20 @@ class VQ(eqx.Module):
         ema_decay: float | None = None,
         split_threshold: float | None = None,
         l2_normalize: bool = False,
+        standardize: bool = False,
         axis_name: str | None = None,
         key: PRNGKeyArray,
     ):
         if codebook_size < 2 or dim < 1:
             raise InputError(f"VQ needs codebook_size >= 2 and dim >= 1; got {codebook_size} and {dim}")
+        if standardize and dim < 2:
+            raise InputError(f"standardising a latent over its channels needs dim >= 2; got {dim}")
         if split_threshold is not None and ema_decay is None:
             raise InputError("codebook splitting works on the EMA dictionary: set ema_decay (UViM uses 0.995) too")
         self.codebook_size, self.dim = codebook_size, dim
         self.commitment, self.ema_decay, self.split_threshold = commitment, ema_decay, split_threshold
         self.entropy_weight, self.entropy_temperature = entropy_weight, entropy_temperature
-        self.l2_normalize, self.axis_name = l2_normalize, axis_name
+        self.l2_normalize, self.standardize, self.axis_name = l2_normalize, standardize, axis_name
         # Variance 1/K, as MaskGIT's and UViM's dictionaries are initialised.
         limit = (3.0 / codebook_size) ** 0.5
         self.codebook = None if ema_decay else jr.uniform(key, (codebook_size, dim), jnp.float32, -limit, limit)
@@ -209,7 +230,9 @@ class VQ(eqx.Module):
             raise InputError(f"VQ expects latents with {self.dim} channels last; got shape {tuple(z.shape)}")
         codebook = self.codewords(state)
         x = z.astype(jnp.float32).reshape(-1, self.dim)
-        if self.l2_normalize:
+        if self.standardize:
+            x = standardize(x)
+        elif self.l2_normalize:
             x = _normalize(x)
         indices, dist = nearest(x, codebook)
         e = codebook[indices]
@@ -217,9 +240,10 @@ class VQ(eqx.Module):
         # the identity.
         codes = jax.lax.stop_gradient(e) + (x - jax.lax.stop_gradient(x))
 
-        commitment = self.commitment * jnp.mean((x - jax.lax.stop_gradient(e)) ** 2)
-        metrics = {"vq_commitment": commitment}
-        loss = commitment
+        metrics, loss = {}, jnp.zeros((), jnp.float32)
+        if self.commitment:  # UViM's stage I has none
+            metrics["vq_commitment"] = self.commitment * jnp.mean((x - jax.lax.stop_gradient(e)) ** 2)
+            loss = metrics["vq_commitment"]
         if self.ema_decay is None:  # with EMA the dictionary is not trained by gradient
             metrics["vq_codebook"] = jnp.mean((e - jax.lax.stop_gradient(x)) ** 2)
             loss = loss + metrics["vq_codebook"]

@@ -70,12 +70,16 @@ def test_eval_reports_stage_two_oracle_and_baseline(lm, tmp_path):
     assert 0 <= rows["stage II"]["token_accuracy"] <= 1
 
 
-@pytest.mark.parametrize("task", ["depth", "colorization"])
-def test_other_tasks_train_and_predict_from_the_oracle(task, tmp_path):
+@pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split"]),
+                                           ("colorization", ["--quantizer", "vq-nosplit", "--no-context"])])
+def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
     workdir = tmp_path / task
-    result = invoke("train", "uvim-oracle", "--task", task, *DATA, "--quantizer", "vq-split", "--codebook-size", 64,
-                    "--steps", 3, "--workdir", workdir)
+    result = invoke("train", "uvim-oracle", "--task", task, *DATA, *options, "--codebook-size", 64, "--steps", 3,
+                    "--workdir", workdir)
     assert result.exit_code == 0, result.output
+    context = "without image context, code dropout off" if "--no-context" in options else "with image context"
+    assert context in result.output
+    assert context.split(",")[0] in invoke("info", workdir).output  # recorded in the run's header
     out = tmp_path / "preds.npz"
     assert invoke("predict", "--workdir", workdir, "--limit", 8, "--out", out).exit_code == 0
     with np.load(out) as f:

@@ -23,11 +23,12 @@ labellings = st.tuples(st.integers(1, 3), st.integers(1, 6), st.integers(1, 6)).
 
 
 def _segments(semantic, instance):
-    """The thing segments as a set of frozensets of (image, flat pixel): the partition, whatever the ids."""
-    parts = {}
-    for n, p in zip(*np.nonzero(np.isin(semantic, THINGS).reshape(len(semantic), -1))):
-        parts.setdefault((n, semantic.reshape(len(semantic), -1)[n, p], instance.reshape(len(semantic), -1)[n, p]),
-                         set()).add((n, p))
+    """The segments as a set of frozensets of (image, flat pixel): the partition, whatever the ids (stuff: one per
+    class)."""
+    parts, flat = {}, lambda a: a.reshape(len(semantic), -1)
+    ids = np.where(np.isin(semantic, THINGS), instance, -1)
+    for n, p in zip(*np.nonzero(np.ones(flat(semantic).shape, bool))):
+        parts.setdefault((n, flat(semantic)[n, p], flat(ids)[n, p]), set()).add((n, p))
     return {frozenset(s) for s in parts.values()}
 
 
@@ -41,14 +42,21 @@ def test_canonical_instances_convention(labelling, relabel):
     # A function of the segments alone: other ids for the same segments give the same result.
     np.testing.assert_array_equal(dense.canonical_instances(semantic, np.array(relabel)[instance], THINGS), out)
     assert _segments(semantic, out) == _segments(semantic, instance)  # same partition into segments
-    thing = np.isin(semantic, THINGS)
-    assert (out[~thing] == 0).all() and (out[thing] >= 1).all()
     for n in range(len(out)):
-        ids = np.unique(out[n][thing[n]])
-        np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # contiguous from 1
+        ids = np.unique(out[n])
+        np.testing.assert_array_equal(ids, np.arange(1, len(ids) + 1))  # contiguous from 1, stuff included
         rows, cols = np.indices(out[n].shape)
-        centroids = [(cols[out[n] == i].mean(), rows[out[n] == i].mean()) for i in ids]
-        assert centroids == sorted(centroids)  # numbered left to right, then top to bottom
+        centres = [out[n].shape[0] * rows[out[n] == i].mean() + cols[out[n] == i].mean() for i in ids]
+        assert centres == sorted(centres)  # numbered by H * centroid row + centroid column, as big_vision
+
+
+def test_canonical_instances_numbers_stuff_as_big_vision_orders_it():
+    # Stuff 0 (top row and the right column), thing 2 twice: the thing at the bottom left comes after the stuff,
+    # whose centroid is higher, though its column is further left.
+    semantic = np.array([[0, 0, 0], [2, 2, 0], [2, 2, 0]])
+    instance = np.array([[9, 9, 9], [5, 7, 9], [5, 7, 9]])
+    np.testing.assert_array_equal(dense.canonical_instances(semantic, instance, THINGS),
+                                  [[1, 1, 1], [2, 3, 1], [2, 3, 1]])
 
 
 def test_canonical_instances_rejects_mismatched_shapes():
@@ -129,7 +137,7 @@ def test_fashion_mnist_panoptic():
     garment = ds.semantic > 0
     assert (ds.images[..., 0][garment] > dense.GARMENT_THRESHOLD).all() and (ds.images[..., 0][~garment] == 0).all()
     counts = ds.instance.max((1, 2))
-    assert counts.min() >= 1 and counts.max() <= ds.max_instances == 3
+    assert counts.min() >= 2 and counts.max() <= ds.max_instances == 4  # 2-3 garments and the background
     np.testing.assert_array_equal(dense.canonical_instances(ds.semantic, ds.instance, ds.thing_classes), ds.instance)
 
 

@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import equinox as eqx
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
@@ -12,7 +13,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fsq_ref import dense, dense_tasks, presets, uvim, uvim_train
+from fsq_ref import dense, dense_metrics, dense_tasks, presets, uvim, uvim_train
+from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 
 TINY = presets.ORACLE["tiny"]
@@ -94,6 +96,20 @@ def test_decode_code_of_encode_target_is_the_oracle_reconstruction(task, scenes,
         np.testing.assert_array_equal(np.asarray(direct), np.asarray(via_interface))
 
 
+@pytest.mark.slow  # builds and compiles an oracle; test_cli_uvim trains one without context by default
+def test_an_oracle_without_context_never_reads_the_input(scenes, key):
+    task = dense_tasks.make("depth", scenes)
+    model = uvim_train.init_oracle_state(dataclasses.replace(TINY, context=False), task, 1e-4, key=key).model
+    assert model.context_encoder is None
+    batch = scenes.batch(np.arange(2))
+    target, context = task.target(batch), task.context(batch)
+    encode, decode = eqx.filter_jit(uvim.encode_target), eqx.filter_jit(uvim.decode_code)  # one compilation each
+    codes = [encode(model, None, target, c) for c in (context, -context)]
+    np.testing.assert_array_equal(np.asarray(codes[0]), np.asarray(codes[1]))
+    outputs = [decode(model, None, codes[0], c) for c in (context, -context)]
+    np.testing.assert_array_equal(np.asarray(outputs[0]), np.asarray(outputs[1]))
+
+
 def _lm(key, task, codebook_size=4375, length=16):
     return uvim.GuidingCodeLM(presets.LM["tiny"], image_size=32, in_channels=task.context_channels,
                               code_length=length, codebook_size=codebook_size, key=key)
@@ -153,44 +169,92 @@ def _score(task, prediction, batch):
     return metric.result()
 
 
-def test_depth_prediction_is_the_expected_bin_centre():
+def test_depth_head_is_the_arg_max_bin_centre_or_optionally_the_expectation():
+    # Two bins share the probability, the larger one at bin 10: UViM's head takes bin 10's centre; the expectation
+    # lies between the two centres.
+    outputs = jnp.full((1, 1, 1, dense_tasks.DEPTH_BINS), -1e9).at[0, 0, 0, 10].set(1.0).at[0, 0, 0, 30].set(0.0)
+    width = 12.0 / dense_tasks.DEPTH_BINS
+    arg_max = dense_tasks.Depth(max_depth=12.0).predict(outputs)["depth"]
+    assert float(arg_max[0, 0, 0]) == pytest.approx(10.5 * width)
+    p = 1 / (1 + math.exp(-1.0))
+    expected = dense_tasks.Depth(max_depth=12.0, head="expectation").predict(outputs)["depth"]
+    assert float(expected[0, 0, 0]) == pytest.approx((p * 10.5 + (1 - p) * 30.5) * width, rel=1e-5)
+    with pytest.raises(InputError, match="depth head"):
+        dense_tasks.Depth(max_depth=12.0, head="median")
+
+
+def test_depth_loss_leaves_invalid_depth_out():
     task = dense_tasks.Depth(max_depth=12.0)
-    outputs = jnp.full((1, 1, 1, dense_tasks.DEPTH_BINS), -1e9).at[0, 0, 0, 10].set(0.0)
-    assert float(task.predict(outputs)["depth"][0, 0, 0]) == pytest.approx(10.5 * 12.0 / dense_tasks.DEPTH_BINS)
+    outputs = np.random.default_rng(0).normal(size=(1, 1, 4, dense_tasks.DEPTH_BINS)).astype(np.float32)
+    depth = np.array([[[3.0, 0.0, np.nan, 7.0]]], np.float32)
+    loss = jax.jit(task.loss)(outputs, {"depth": depth})
+    log_p = outputs[0, 0] - np.log(np.exp(outputs[0, 0]).sum(-1, keepdims=True))
+    bins = (np.array([3.0, 7.0]) / 12.0 * dense_tasks.DEPTH_BINS).astype(int)  # the two valid pixels only
+    assert float(loss) == pytest.approx(-(log_p[0, bins[0]] + log_p[3, bins[1]]) / 2, rel=1e-5)
 
 
-_INVALID_DEPTH = st.sampled_from([0.0, -1.0, np.nan, np.inf])
+def test_depth_rmse_is_per_image_then_averaged():
+    # Image 0 is off by 1 m on one of its 4 pixels, image 1 by 2 m on all 4: per image sqrt(1/4) = 0.5 and 2, mean
+    # 1.25 (big_vision's NYU evaluator); pooling all 8 pixels would give sqrt(17/8) = 1.46.
+    true = np.full((2, 2, 2), 4.0, np.float32)
+    pred = true.copy()
+    pred[0, 0, 0] += 1.0
+    pred[1] += 2.0
+    metric = dense_tasks.Depth(max_depth=12.0).metric()
+    metric.update({"depth": pred}, {"depth": true})
+    got = metric.result()
+    assert got["rmse"] == pytest.approx(1.25) and got["abs_rel"] == pytest.approx((0.25 / 4 + 0.5) / 2)
+    assert got["delta1"] == pytest.approx((0.75 + 0.0) / 2)  # 5/4 is not < 1.25; 6/4 neither
+
+
+_INVALID_DEPTH = st.sampled_from([0.0, -1.0, 13.0, np.nan, np.inf])
 
 
 @given(
     true=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.125, 10.0, width=32) | _INVALID_DEPTH),
-    pred=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.0, 12.0, width=32)),
+    pred=hnp.arrays(np.float32, (2, 3, 4, 5), elements=st.floats(0.0625, 12.0, width=32)),
 )
 @settings(deadline=None, max_examples=40)
 def test_depth_metrics_count_only_pixels_with_a_valid_true_depth(true, pred):
-    # Holes in the ground truth (zero: missing in 16-bit PNGs; negative or not finite) are left out of both metrics.
+    # Holes in the ground truth (zero: missing in 16-bit PNGs; negative, beyond the range or not finite) are left out
+    # of every metric; images without a valid pixel are left out of the average.
     metric = dense_tasks.Depth(max_depth=12.0).metric()
-    for i in range(2):  # two batches: the sums carry over
+    for i in range(2):  # two batches: the images carry over
         metric.update({"depth": pred[i]}, {"depth": true[i]})
     got = metric.result()
-    t, p = true.astype(np.float64).ravel(), pred.astype(np.float64).ravel()
-    keep = [i for i in range(t.size) if math.isfinite(t[i]) and t[i] > 0]
-    if not keep:
-        assert math.isnan(got["rmse"]) and math.isnan(got["abs_rel"])
+    per_image = []
+    for t, p in zip(true.reshape(6, -1).astype(np.float64), pred.reshape(6, -1).astype(np.float64)):
+        keep = [i for i in range(t.size) if math.isfinite(t[i]) and 0 < t[i] <= 12.0]
+        if keep:
+            per_image.append((math.sqrt(sum((p[i] - t[i]) ** 2 for i in keep) / len(keep)),
+                              sum(abs(p[i] - t[i]) / t[i] for i in keep) / len(keep),
+                              sum(max(p[i] / t[i], t[i] / p[i]) < 1.25 for i in keep) / len(keep)))
+    if not per_image:
+        assert all(math.isnan(v) for v in got.values())
         return
-    rmse = math.sqrt(sum((p[i] - t[i]) ** 2 for i in keep) / len(keep))
-    abs_rel = sum(abs(p[i] - t[i]) / t[i] for i in keep) / len(keep)
-    assert got["rmse"] == pytest.approx(rmse, rel=1e-12, abs=1e-12)
-    assert got["abs_rel"] == pytest.approx(abs_rel, rel=1e-12, abs=1e-12)
-    # A prediction equal to the truth wherever it was measured scores 0 on both, whatever it says in the holes.
+    for name, value in zip(("rmse", "abs_rel", "delta1"), np.mean(per_image, axis=0)):
+        assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-12)
+    # A prediction equal to the truth wherever it was measured is perfect, whatever it says in the holes.
     perfect = dense_tasks.Depth(max_depth=12.0).metric()
     perfect.update({"depth": np.where(np.isfinite(true) & (true > 0), true, pred)}, {"depth": true})
-    assert perfect.result() == {"rmse": 0.0, "abs_rel": 0.0}
+    assert perfect.result() == {"rmse": 0.0, "abs_rel": 0.0, "delta1": 1.0}
+
+
+def test_panoptic_instance_takes_the_class_of_its_summed_logits():
+    # Instance 1 covers 3 pixels: two lean weakly to class 2, one strongly to class 1. Per-pixel arg-max would split
+    # the instance into two classes; UViM's post-processing gives all three class 1 (summed logits: 5 against 2).
+    task = dense_tasks.Panoptic(num_classes=3, max_instances=2, thing_classes=(1, 2))
+    semantic = jnp.array([[[0.0, 5.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [3.0, 0.0, 0.0]]])  # [1, 4, K=3]
+    instance = jnp.array([[[0.0, 9.0, 0.0], [0.0, 9.0, 0.0], [0.0, 9.0, 0.0], [0.0, 0.0, 9.0]]])  # ids 1, 1, 1, 2
+    prediction = task.predict(jnp.concatenate([semantic, instance], axis=-1)[:, None])
+    np.testing.assert_array_equal(prediction["instance"][0, 0], [1, 1, 1, 2])
+    np.testing.assert_array_equal(prediction["semantic"][0, 0], [1, 1, 1, 0])
+    assert np.argmax(semantic, axis=-1).tolist() == [[1, 2, 2, 0]]
 
 
 def test_colour_distance_sees_washed_out_colour(scenes):
     images = scenes.images[:64]
-    hist = dense_tasks.chroma_histograms(images)
+    hist = dense_metrics.chroma_histograms(images)
     np.testing.assert_allclose(hist.sum(axis=1), 1.0)
     task = dense_tasks.Colorization()
     batch = scenes.batch(np.arange(64))

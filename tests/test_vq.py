@@ -16,6 +16,7 @@ except ImportError:  # older JAX has it only under jax.experimental
     from jax.experimental.shard_map import shard_map
 
 from fsq_ref import vq
+from fsq_ref.quantizers import QuantizerConfig
 
 
 @settings(deadline=None, max_examples=30)
@@ -105,6 +106,36 @@ def test_training_with_splitting_revives_a_collapsed_dictionary(key):
         state = step(z, state, jr.key(1000 + i))
     out, _ = q(jr.normal(jr.key(9999), (4096, 2)) * 2.0, state)
     assert len(np.unique(out.indices)) == 16
+
+
+def test_uvim_vq_standardises_each_token_and_has_no_commitment_loss(key):
+    # big_vision's UViM VQ: per-token standardised latents go into the EMA sums, codewords are unit vectors, and the
+    # only gradient the latents get is the straight-through one (w_commitment = 0).
+    q = QuantizerConfig("vq-split", codebook_size=8, vq_dim=4).build(key=key)
+    state = q.init_state(key=key)
+    z = jnp.array([[1.0, 2.0, 3.0, 4.0], [10.0, 10.0, 10.0, 50.0], [-3.0, 0.0, 0.0, 7.0]])
+    run = jax.jit(lambda z: (q(z, state, key=key, train=True), jax.grad(lambda z: q(z, state, key=key)[0].loss)(z)))
+    (out, new), grad = run(z)  # one compilation
+    tokens = np.asarray(new.sums - 0.995 * state.sums).sum(0)  # the batch's contribution, summed over codes
+    expected = [(t - t.mean()) / np.sqrt(t.var() + 1e-5) for t in np.asarray(z, np.float64)]
+    np.testing.assert_allclose(tokens, np.sum(expected, axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.mean(expected, axis=1), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.var(expected, axis=1), 1.0, rtol=1e-4)
+    np.testing.assert_allclose(jnp.linalg.norm(out.codes, axis=-1), 1.0, rtol=1e-5)
+    assert float(out.loss) == 0.0 and "vq_commitment" not in out.metrics and not np.any(np.asarray(grad))
+
+
+def test_uvim_vq_without_splitting_never_splits(key):
+    # Every latent lands on one code: with splitting off, the other codes' counts decay below the split threshold
+    # and stay there (with "vq-split" they would be revived).
+    q = QuantizerConfig("vq-nosplit", codebook_size=8, vq_dim=4).build(key=key)
+    state = q.init_state(key=key)
+    z = jnp.tile(jnp.asarray(state.sums[:1]), (16, 1))  # standardisation keeps the direction of a zero-mean row
+    step = jax.jit(lambda s: q(z - jnp.mean(z, -1, keepdims=True), s, key=key, train=True))
+    for _ in range(600):  # 0.995^600 ~ 0.05 < 0.1
+        out, state = step(state)
+    assert q.split_threshold is None and len(np.unique(out.indices)) == 1
+    assert int(np.sum(np.asarray(state.counts) < 0.1)) == 7
 
 
 def test_entropy_loss_prefers_confident_and_diverse_assignments():

@@ -1,0 +1,98 @@
+"""The metrics of the UViM tasks (`dense_tasks`), each as big_vision's UViM evaluators compute them.
+
+- depth (`DepthMetric`): follows big_vision's `evaluators/proj/uvim/nyu_depth.py::Evaluator.run`: per image, over the
+  pixels whose true depth is valid, RMSE, absolute relative error and delta1 (the fraction of pixels with
+  max(pred / true, true / pred) < 1.25); each is then averaged over the images.
+- colorization (`ColourMetric`): PSNR per image, averaged over images (big_vision's `evaluators/proj/uvim/psnr.py`),
+  and the Frechet distance between the distributions of per-image chroma histograms. Not FID: its Inception weights
+  cannot be downloaded here, and what FID catches in colorization is mostly washed-out colour, which a chroma histogram
+  (luma removed: the model is given it) measures directly.
+- panoptic (`PanopticMetric`): panoptic quality (`panoptic.PanopticQuality`, as panopticapi's `pq_compute`), x100.
+
+Every metric accumulates over batches (`update(prediction, batch)`) and gives a dict of floats (`result()`).
+"""
+
+import math
+
+import numpy as np
+
+from fsq_ref import metrics
+from fsq_ref.panoptic import PanopticQuality
+
+CHROMA_BINS = 8  # per axis of the (Cb, Cr) histogram used for the colour Frechet distance
+
+
+def valid_depth(depth, max_depth: float):
+    """The pixels whose true depth was measured: finite, > 0 (the holes of NYU and 16-bit PNGs are 0) and within the
+    bins' range. Works on numpy and traced arrays."""
+    return (depth > 0) & (depth <= max_depth)  # NaN compares false; +inf is above the range
+
+
+class DepthMetric:
+    """Per-image RMSE, AbsRel and delta1 over valid pixels, averaged over images; images without a valid pixel are
+    left out (all NaN when none has one)."""
+
+    def __init__(self, max_depth: float):
+        self.max_depth = max_depth
+        self.per_image = []  # (rmse, abs_rel, delta1) of every image
+
+    def update(self, prediction, batch):
+        preds, trues = np.asarray(prediction["depth"], np.float64), np.asarray(batch["depth"], np.float64)
+        for pred, true in zip(preds, trues):
+            valid = valid_depth(true, self.max_depth)
+            if valid.any():
+                p, t = pred[valid], true[valid]
+                with np.errstate(divide="ignore"):  # a zero prediction is off by an infinite ratio
+                    ratio = np.maximum(p / t, t / p)
+                self.per_image.append((math.sqrt(np.mean((p - t) ** 2)), np.mean(np.abs(p - t) / t),
+                                       np.mean(ratio < 1.25)))
+
+    def result(self):
+        if not self.per_image:
+            return {"rmse": math.nan, "abs_rel": math.nan, "delta1": math.nan}
+        rmse, abs_rel, delta1 = np.mean(self.per_image, axis=0)
+        return {"rmse": float(rmse), "abs_rel": float(abs_rel), "delta1": float(delta1)}
+
+
+def chroma_histograms(images: np.ndarray) -> np.ndarray:
+    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601), [N, CHROMA_BINS**2]."""
+    rgb = images.astype(np.float64) / 255.0
+    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]  # in [-0.5, 0.5]
+    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    to_bin = lambda c: np.clip(((c + 0.5) * CHROMA_BINS).astype(np.int64), 0, CHROMA_BINS - 1)
+    flat = (to_bin(cb) * CHROMA_BINS + to_bin(cr)).reshape(len(images), -1)
+    offsets = np.arange(len(images))[:, None] * CHROMA_BINS**2
+    counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * CHROMA_BINS**2)
+    return counts.reshape(len(images), -1) / flat.shape[1]
+
+
+class ColourMetric:
+    """PSNR per image (uint8 images; an exact copy scores `metrics.psnr`'s cap, 120 dB) averaged over images, and the
+    chroma-histogram Frechet distance x100 (the histograms are fractions; x100 puts it on a readable scale)."""
+
+    def __init__(self):
+        self.fake, self.real, self.psnrs = [], [], []
+
+    def update(self, prediction, batch):
+        fake, real = np.asarray(prediction["image"]), np.asarray(batch["image"])
+        mse = np.mean(((fake.astype(np.float64) - real) / 255.0) ** 2, axis=tuple(range(1, real.ndim)))
+        self.psnrs += [metrics.psnr(m) for m in mse]
+        self.fake.append(chroma_histograms(fake))
+        self.real.append(chroma_histograms(real))
+
+    def result(self):
+        fd = metrics.frechet_distance(np.concatenate(self.real), np.concatenate(self.fake))
+        return {"psnr": float(np.mean(self.psnrs)), "colour_fd": 100.0 * fd}
+
+
+class PanopticMetric:
+    def __init__(self, pq: PanopticQuality):
+        self.pq = pq
+
+    def update(self, prediction, batch):
+        self.pq.update(np.asarray(prediction["semantic"]), np.asarray(prediction["instance"]), batch["semantic"],
+                       batch["instance"])
+
+    def result(self):
+        r = self.pq.result()
+        return {"pq": 100.0 * r["pq"], "sq": 100.0 * r["sq"], "rq": 100.0 * r["rq"]}
