@@ -116,7 +116,8 @@ def test_nice_ticks_cover_the_range_with_round_even_steps(lo, hi, target):
     assert ticks[0] <= min(lo, hi) + tolerance and ticks[-1] >= max(lo, hi) - tolerance
     steps = np.diff(ticks)
     assert np.allclose(steps, steps[0], rtol=1e-6)
-    mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]))
+    # The step's power of ten, robust to a difference of ticks that falls a hair under it (0.0999... for 0.1).
+    mantissa = steps[0] / 10 ** math.floor(math.log10(steps[0]) + 1e-9)
     assert any(math.isclose(mantissa, m, rel_tol=1e-6) for m in (1, 2, 5))  # 1, 2 or 5 times a power of ten
     assert all(math.isclose(t / steps[0], round(t / steps[0]), abs_tol=1e-6) for t in ticks)  # multiples of it
     assert len(ticks) - 1 <= 2.5 * target + 2
@@ -124,6 +125,7 @@ def test_nice_ticks_cover_the_range_with_round_even_steps(lo, hi, target):
 
 def test_nice_ticks_examples():
     assert plot.nice_ticks(0.013, 0.97) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert plot.nice_ticks(-0.875, -0.875, 9) == [round(-1.4 + 0.1 * i, 1) for i in range(12)]  # found by Hypothesis
     assert plot.nice_ticks(3.9, 14) == [2, 4, 6, 8, 10, 12, 14]
     assert plot.nice_ticks(5, 5)[0] < 5 < plot.nice_ticks(5, 5)[-1]  # a single value still gets an axis
 
