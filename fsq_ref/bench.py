@@ -57,7 +57,7 @@ def median_seconds(fn: Callable, *args, repeats: int = 5, budget: float = 60.0) 
 
 
 @functools.cache
-def matmul_rate(n: int = 2048) -> float:
+def matmul_rate(n: int = 1024) -> float:
     """FLOP/s of an n x n by n x n float32 matrix product (2 n^3 FLOPs), median of 5: the reference for MFU."""
     a, b = jr.normal(jr.key(0), (n, n)), jr.normal(jr.key(1), (n, n))
     seconds, _ = median_seconds(jax.jit(jnp.matmul), a, b)
@@ -87,7 +87,7 @@ class CompileCounter:
 def header() -> str:
     device = jax.devices()[0]
     return (f"device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
-            f"python {platform.python_version()}; float32 matmul (2048^3, the MFU reference): "
+            f"python {platform.python_version()}; float32 matmul (1024^3, the MFU reference): "
             f"{matmul_rate() / 1e9:,.0f} GFLOP/s; command: fsq bench {' '.join(sys.argv[2:])}".rstrip())
 
 
