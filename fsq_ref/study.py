@@ -41,7 +41,7 @@ import numpy as np
 import jax.random as jr
 
 from fsq_ref import (checkpoint, data, features, fsq, maskgit, maskgit_train, metrics, presets, progress, tokenizer,
-                     train)
+                     tokens, train)
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 from fsq_ref.study_report import write_outputs
@@ -102,7 +102,7 @@ class _SharedData:
             raise InputError(f"the feature classifier of {data_spec} sees images of {self.classifier.image_shape} "
                              f"(the data's own size) but the preset makes {self.test.image_shape}: pick a --preset "
                              "whose image size matches the data")
-        self.images, self.labels = self.test.get(np.arange(len(self.test)))
+        self.images = self.test.get(np.arange(len(self.test)))[0]
         self.features = features.extract(self.classifier, self.images)[0]
 
 
@@ -148,43 +148,29 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         "classifier_accuracy": shared.classifier_accuracy, "test_images": len(shared.images),
         "seconds": round(time.perf_counter() - started, 1), "resumed": resume,
     }
+    wants_maskgit = run.quantizer in MASKGIT_KINDS and settings["maskgit_steps"]
+    if q.kind == "fsq" or wants_maskgit:  # the test tokens, encoded once for both uses
+        fingerprint = checkpoint.read_header(run_dir / checkpoint.CHECKPOINT)["sha256"]
+        test_tokens = tokenizer.encode_dataset(state.model, state.qstate, fingerprint, shared.test, EVAL_BATCH)
     if q.kind == "fsq":
         counter = metrics.CodeCounter(q.size)
-        for idx, n in data.pass_indices(len(shared.images), EVAL_BATCH):
-            counter.update(tokenizer.encode(state.model, state.qstate, shared.images[idx])[:n])
+        counter.update(test_tokens.indices)
         result["channels"] = metrics.channel_stats(counter.counts, q.levels)
-    if run.quantizer in MASKGIT_KINDS and settings["maskgit_steps"]:
+    if wants_maskgit:
         echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {settings['maskgit_steps']} steps of batch {MASKGIT_BATCH}")
-        result.update(_maskgit_panels(state, run_dir, shared, settings["maskgit_steps"], loop.seed, echo))
+        result.update(_maskgit_panels(state, run_dir, shared, test_tokens, settings["maskgit_steps"], loop.seed,
+                                      echo))
         result["seconds"] = round(time.perf_counter() - started, 1)
     checkpoint.write_atomic(run_dir / RESULT, json.dumps(result, indent=2).encode())
     return result
 
 
-def _encode_all(model, qstate, images: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(tokenizer.encode(model, qstate, images[idx]))[:n]
-                           for idx, n in data.pass_indices(len(images), EVAL_BATCH)])
-
-
-def _maskgit_panels(state, run_dir: Path, shared: _SharedData, steps: int, seed: int,
+def _maskgit_panels(state, run_dir: Path, shared: _SharedData, test_tokens: tokens.TokenFile, steps: int, seed: int,
                     echo: Callable[[str], None]) -> dict:
     """Train a MaskGIT on the tokenizer's train tokens (resuming one that was stopped) and measure Fig. 3's other two
     panels with it: bits per token on the test tokens and the sampling Frechet distance."""
-    images, labels = shared.train.get(np.arange(len(shared.train)))
-    train_tokens = _encode_all(state.model, state.qstate, images)
-    test_tokens = _encode_all(state.model, state.qstate, shared.images)
-    num_classes = shared.train.num_classes or 1  # unlabelled data: one class, unconditional modelling
-
-    def labels_or_zeros(labels, n):
-        return labels if labels is not None else np.zeros(n, np.int32)
-
-    config = presets.maskgit(MASKGIT_PRESET, codebook_size=state.model.quantizer.codebook_size,
-                             num_classes=num_classes, grid=train_tokens.shape[1:])
-    task = maskgit_train.MaskGITTask(config, train_tokens, labels_or_zeros(labels, len(train_tokens)),
-                                     eval_tokens=test_tokens,
-                                     eval_labels=labels_or_zeros(shared.labels, len(test_tokens)),
-                                     batch_size=MASKGIT_BATCH, seed=seed, weight_decay=maskgit_train.WEIGHT_DECAY,
-                                     header={"study_run": run_dir.name})
+    train_tokens = tokenizer.encode_dataset(state.model, state.qstate, test_tokens.tokenizer, shared.train, EVAL_BATCH)
+    task = maskgit_train.make_task(MASKGIT_PRESET, train_tokens, test_tokens, batch_size=MASKGIT_BATCH, seed=seed)
     loop = train.LoopConfig(steps=steps, batch_size=MASKGIT_BATCH, seed=seed, learning_rate=MASKGIT_LR,
                             weight_decay=maskgit_train.WEIGHT_DECAY, eval_every=steps,
                             checkpoint_every=min(CHECKPOINT_EVERY, steps))
@@ -194,11 +180,11 @@ def _maskgit_panels(state, run_dir: Path, shared: _SharedData, steps: int, seed:
     if evaluation is None:
         echo("interrupted: run the study again with the same options to continue")
         raise KeyboardInterrupt
-    sample_labels = np.repeat(np.arange(num_classes, dtype=np.int32), SAMPLES_PER_CLASS)
+    sample_labels = np.repeat(np.arange(task.config.num_classes, dtype=np.int32), SAMPLES_PER_CLASS)
     indices = maskgit.sample(mg_state.model, sample_labels, jr.key(seed), guidance=GUIDANCE)
     fake, predicted = features.extract(shared.classifier, tokenizer.decode_all(state.model, state.qstate, indices))
     return {"maskgit_nll": evaluation["nll"],
-            "maskgit_bits_per_token": maskgit_train.bits_per_token(mg_state.model, test_tokens),
+            "maskgit_bits_per_token": maskgit_train.bits_per_token(mg_state.model, test_tokens.indices),
             "sampling_frechet_distance": metrics.frechet_distance(shared.features, fake),
             "sample_class_accuracy": float(np.mean(predicted == sample_labels)), "samples": len(sample_labels),
             "maskgit_seconds": round(time.perf_counter() - started, 1)}
