@@ -29,7 +29,7 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import data, features, maskgit_train, tokenizer, tokens
+from fsq_ref import allocator, data, features, maskgit_train, tokenizer, tokens
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
@@ -121,6 +121,7 @@ def main():
     parser.add_argument("--test-per-class", type=int, default=1000)
     parser.add_argument("--quick", action="store_true", help="a check that everything runs: " + str(QUICK))
     args = parser.parse_args()
+    allocator.keep_freed_memory()  # before JAX starts its CPU backend
     if args.quick:
         vars(args).update(QUICK)
     seeds = [int(s) for s in args.seeds.split(",")]

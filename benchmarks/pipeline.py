@@ -22,7 +22,7 @@ import jax
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import maskgit, maskgit_train, tokenizer
+from fsq_ref import allocator, maskgit, maskgit_train, tokenizer
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,6,5] (240 codes)", ["--quantizer", "fsq", "--levels", "8,6,5"]),
@@ -80,6 +80,7 @@ def main():
     parser.add_argument("--maskgit-seconds", type=float, default=300)
     parser.add_argument("--guidance", type=float, default=1.0)
     args = parser.parse_args()
+    allocator.keep_freed_memory()  # before JAX starts its CPU backend
     print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; tokenizer {args.tokenizer_seconds:g} s, "
           f"MaskGIT {args.maskgit_seconds:g} s, guidance {args.guidance:g}, 100 samples per class")
     print()

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from fsq_ref import fsq
+from fsq_ref import allocator, fsq
 from fsq_ref.bench import fsq_fn, median_seconds, vq_fn
 
 SIZES = (2**8, 2**10, 2**12, 2**14, 2**16)
@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--chunk", type=int, default=4000, help="VQ vectors per distance block (divides --vectors)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="target codebook sizes")
     args = parser.parse_args()
+    allocator.keep_freed_memory()  # before JAX starts its CPU backend
 
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}), {jax.device_count()} device(s); jax {jax.__version__}; "

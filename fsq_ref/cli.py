@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import (__version__, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed, export,
-                     presets, quantizers, runs, study, study_report, tokenizer, tokens, train)
+from fsq_ref import (__version__, allocator, bench, checkpoint, cli_maskgit, cli_uvim, data, dense_tasks, distributed,
+                     export, presets, quantizers, runs, study, study_report, tokenizer, tokens, train)
 from fsq_ref.cli_options import (choice_list, int_list, print_metrics, run_training, save_npz, with_data_options,
                                  with_training_options)
 from fsq_ref.errors import InputError
@@ -52,6 +52,7 @@ def main(coordinator_address, num_processes, process_id, auto):
     Training uses every device JAX sees. For several hosts, start the same command on each, with the options above
     (see README, "GPUs and clusters").
     """
+    allocator.keep_freed_memory()  # before JAX starts its CPU backend
     distributed.initialize(coordinator_address, num_processes, process_id, auto=auto is not None)
 
 

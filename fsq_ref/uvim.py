@@ -39,6 +39,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from fsq_ref import fsq, vq
 from fsq_ref.errors import InputError
 from fsq_ref.nets import Decoder, Encoder
+from fsq_ref.sampling import categorical
 from fsq_ref.transformer import Transformer, causal_mask
 from fsq_ref.quantizers import QuantizerConfig
 
@@ -228,7 +229,7 @@ def generate_code(lm: GuidingCodeLM, context: Float[Array, "B H W Cc"], key: PRN
         key, sample_key = jr.split(key)
         logits = jax.vmap(lambda i, m: lm.decode(i, m, inference=True))(shift_right(code), memory)[:, t]
         token = (jnp.argmax(logits, axis=-1) if temperature == 0
-                 else jr.categorical(sample_key, logits / temperature, axis=-1))
+                 else categorical(sample_key, logits / temperature))
         return code.at[:, t].set(token.astype(jnp.int32)), key
 
     code, _ = jax.lax.fori_loop(0, length, step, (jnp.zeros((batch, length), jnp.int32), key))

@@ -163,6 +163,20 @@ def test_generation_inpaints_and_is_deterministic(config, model, key):
     assert jnp.all((fresh >= 0) & (fresh < K))
 
 
+def test_guidance_mixes_the_conditional_and_unconditional_logits(config, model):
+    # `generate` guides the features before the head; that must be the same as guiding the logits.
+    labels = jnp.array([0, 2, 1, 0])
+    tokens = jnp.full((4, S), config.mask_token)
+
+    def guided_logits(x):
+        cond = maskgit.batch_logits(model, x, labels)
+        free = maskgit.batch_logits(model, x, jnp.full_like(labels, config.unconditional))
+        return cond + 1.5 * (cond - free)
+
+    expected = maskgit.decode(tokens, jr.key(4), guided_logits, mask_token=config.mask_token, steps=4)
+    assert jnp.array_equal(maskgit.generate(model, tokens, labels, jr.key(4), steps=4, guidance=1.5), expected)
+
+
 def test_decoding_samples_from_the_logits(config):
     # A stand-in for the model that is sure of code 3 everywhere: every unknown position becomes 3.
     tokens = jnp.full((2, S), config.mask_token).at[:, 0].set(7)

@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from fsq_ref.errors import InputError
 from fsq_ref import presets
 from fsq_ref.nets import Autoencoder, AutoencoderConfig, _num_groups
-from fsq_ref.transformer import Transformer, TransformerBlock, causal_mask
+from fsq_ref.transformer import Transformer, TransformerBlock, attention, causal_mask, dense
 
 LATENT_DIM = 4  # e.g. FSQ levels [8, 5, 5, 5]
 EXPECTED_TOKEN_GRID = {"tiny": 7, "fashion-mnist": 7, "fashion-mnist-14x14": 14, "imagenet128": 8, "imagenet256": 16}
@@ -147,6 +148,22 @@ def test_causal_mask():
     mask = causal_mask(4)
     assert mask.dtype == jnp.bool_
     assert jnp.array_equal(mask, jnp.array([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 1, 1]], dtype=bool))
+
+
+@settings(deadline=None, max_examples=10)
+@given(st.integers(1, 8), st.integers(1, 8), st.sampled_from([1, 2, 4]), st.booleans())
+def test_layers_compute_what_equinox_computes(seq, ctx, heads, masked):
+    # `dense` and `attention` apply equinox's own layers to a whole sequence at once: same numbers as equinox.
+    attn_key, lin_key, q_key, c_key, m_key = jr.split(jr.key(seq * 100 + ctx * 10 + heads), 5)
+    attn = eqx.nn.MultiheadAttention(heads, DIM, use_query_bias=True, use_key_bias=True, use_value_bias=True,
+                                     use_output_bias=True, key=attn_key)
+    query, context = jr.normal(q_key, (seq, DIM)), jr.normal(c_key, (ctx, DIM))
+    # A mask with at least one visible position per row (equinox gives fully hidden rows uniform weights too).
+    mask = jr.bernoulli(m_key, 0.5, (seq, ctx)).at[:, 0].set(True) if masked else None
+    np.testing.assert_allclose(attention(attn, query, context, mask), attn(query, context, context, mask=mask),
+                               rtol=1e-5, atol=1e-5)
+    linear = eqx.nn.Linear(DIM, 5, key=lin_key)
+    np.testing.assert_allclose(dense(linear, query), jax.vmap(linear)(query), rtol=1e-5, atol=1e-5)
 
 
 def test_transformer_output_shape(key):
