@@ -130,15 +130,20 @@ def main():
     train_images = data.load("fashion-mnist", "train").get(np.arange(60000))[0]
     validation = train_images[len(train_images) - len(train_images) // maskgit_train.HELD_OUT_FRACTION:]
     test_images, test_labels = data.load("fashion-mnist", "test").get(np.arange(10000))
-    results = {}
+    folders = {key: Path(args.workdir) / key for key in QUANTIZERS}
     for key, (name, options) in QUANTIZERS.items():
-        folder = Path(args.workdir) / key
-        folder.mkdir(parents=True, exist_ok=True)
-        tokenizer_stage(folder, options, args)
-        runs = [maskgit_stage(folder, seed, classifier, validation, test_images, args) for seed in seeds]
-        results[key] = {"name": name, "runs": runs,
-                        **tokenizer_scores(folder, classifier, test_images, test_labels, 10 * args.test_per_class)}
-        print(f"{name}: done", flush=True)
+        folders[key].mkdir(parents=True, exist_ok=True)
+        tokenizer_stage(folders[key], options, args)
+        print(f"{name}: tokenizer done", flush=True)
+    # Seed by seed, both quantizers each time: a run stopped early still holds a like-for-like comparison.
+    runs = {key: [] for key in QUANTIZERS}
+    for seed in seeds:
+        for key, (name, _) in QUANTIZERS.items():
+            runs[key].append(maskgit_stage(folders[key], seed, classifier, validation, test_images, args))
+            print(f"{name}: MaskGIT seed {seed} done", flush=True)
+    results = {key: {"name": name, "runs": runs[key],
+                     **tokenizer_scores(folders[key], classifier, test_images, test_labels, 10 * args.test_per_class)}
+               for key, (name, _) in QUANTIZERS.items()}
     Path(args.workdir, "results.json").write_text(json.dumps({"settings": vars(args), "results": results}, indent=2))
 
     print(f"\nFashion-MNIST; tokenizer {args.tokenizer_steps} steps; MaskGIT {args.maskgit_steps} steps, "
