@@ -12,12 +12,13 @@ Dimension letters: S sequence length, T context length (cross-attention), F mode
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref.errors import InputError
 
@@ -33,25 +34,42 @@ def dense(layer: eqx.nn.Linear, x: Float[Array, "S I"]) -> Float[Array, "S O"]:
     return y if layer.bias is None else y + layer.bias
 
 
-def attention(attn: eqx.nn.MultiheadAttention, query: Float[Array, "S F"], context: Float[Array, "T F"],
-              mask: Bool[Array, "S T"] | None = None, *, key: PRNGKeyArray | None = None,
-              inference: bool = False) -> Float[Array, "S F"]:
-    """What `attn(query, context, context, mask=mask)` computes, with every head in one product: scaled dot-product
-    attention, softmax in float32 (whatever the compute dtype), dropout on the attention weights."""
-    heads = attn.num_heads
+def split_heads(layer: eqx.nn.Linear, x: Float[Array, "S F"], heads: int) -> Float[Array, "H S D"]:
+    """A projection of `x`, split into `heads` heads, head-major (the layout XLA's batched products run fastest on)."""
+    return dense(layer, x).reshape(x.shape[0], heads, -1).transpose(1, 0, 2)
 
-    def split_heads(layer, x):  # [S, F] -> [heads, S, F / heads]: head-major, which XLA's batched products prefer
-        return dense(layer, x).reshape(x.shape[0], heads, -1).transpose(1, 0, 2)
 
-    q, k, v = split_heads(attn.query_proj, query), split_heads(attn.key_proj, context), split_heads(attn.value_proj,
-                                                                                                    context)
+def attend(attn: eqx.nn.MultiheadAttention, q: Float[Array, "H S D"], k: Float[Array, "H T D"],
+           v: Float[Array, "H T D"], mask: Bool[Array, "S T"] | None = None, *, key: PRNGKeyArray | None = None,
+           inference: bool = False) -> Float[Array, "S F"]:
+    """Scaled dot-product attention over projected heads, then `attn`'s output projection: softmax in float32
+    (whatever the compute dtype), dropout on the attention weights."""
     logits = jnp.einsum("hsd,htd->hst", q / math.sqrt(q.shape[-1]), k)
     if mask is not None:
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(logits.dtype)
     weights = attn.dropout(weights, key=key, inference=inference)
     out = jnp.einsum("hst,htd->hsd", weights, v).transpose(1, 0, 2)
-    return dense(attn.output_proj, out.reshape(query.shape[0], -1))
+    return dense(attn.output_proj, out.reshape(q.shape[1], -1))
+
+
+def attention(attn: eqx.nn.MultiheadAttention, query: Float[Array, "S F"], context: Float[Array, "T F"],
+              mask: Bool[Array, "S T"] | None = None, *, key: PRNGKeyArray | None = None,
+              inference: bool = False) -> Float[Array, "S F"]:
+    """What `attn(query, context, context, mask=mask)` computes, with every head in one product."""
+    heads = attn.num_heads
+    return attend(attn, split_heads(attn.query_proj, query, heads), split_heads(attn.key_proj, context, heads),
+                  split_heads(attn.value_proj, context, heads), mask, key=key, inference=inference)
+
+
+class DecodingCache(NamedTuple):
+    """What a causal stack keeps between steps of token-by-token decoding (one sequence; with `Transformer`, every
+    array gains a leading depth axis). Positions not yet decoded hold zeros and are masked out."""
+
+    keys: Float[Array, "H S D"]  # self-attention keys and values of the positions decoded so far
+    values: Float[Array, "H S D"]
+    context_keys: Float[Array, "H T D"] | None  # cross-attention keys and values of the context, computed once
+    context_values: Float[Array, "H T D"] | None
 
 
 class FeedForward(eqx.Module):
@@ -96,7 +114,7 @@ class TransformerBlock(eqx.Module):
             raise InputError(f"dropout must be in [0, 1); got {dropout}")
         self_key, cross_key, mlp_key = jr.split(key, 3)
 
-        def attention(attn_key):
+        def make_attention(attn_key):
             return eqx.nn.MultiheadAttention(
                 num_heads,
                 dim,
@@ -109,9 +127,9 @@ class TransformerBlock(eqx.Module):
             )
 
         self.self_norm = eqx.nn.LayerNorm(dim)
-        self.self_attn = attention(self_key)
+        self.self_attn = make_attention(self_key)
         self.cross_norm = eqx.nn.LayerNorm(dim) if cross_attention else None
-        self.cross_attn = attention(cross_key) if cross_attention else None
+        self.cross_attn = make_attention(cross_key) if cross_attention else None
         self.mlp_norm = eqx.nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, mlp_dim, key=mlp_key)
         self.dropout = eqx.nn.Dropout(dropout)
@@ -155,6 +173,38 @@ class TransformerBlock(eqx.Module):
             x = x + self._attend(self.cross_attn, h, context, None, cross_key, inference)
         h = self.mlp(jax.vmap(self.mlp_norm)(x))
         return x + self.dropout(h, key=mlp_key, inference=inference)
+
+    def start_decoding(self, seq_len: int, context: Float[Array, "T F"] | None = None) -> DecodingCache:
+        """An empty cache for `decode_step` over `seq_len` positions, with the context's keys and values."""
+        heads, dim = self.self_attn.num_heads, self.self_attn.query_proj.in_features
+        empty = jnp.zeros((heads, seq_len, dim // heads), self.self_attn.query_proj.weight.dtype)
+        if (context is None) != (self.cross_attn is None):
+            raise InputError("pass `context` exactly when the block was built with cross_attention=True")
+        if context is None:
+            return DecodingCache(empty, empty, None, None)
+        return DecodingCache(empty, empty, split_heads(self.cross_attn.key_proj, context, heads),
+                             split_heads(self.cross_attn.value_proj, context, heads))
+
+    def decode_step(self, x: Float[Array, "1 F"], position: Int[Array, ""],
+                    cache: DecodingCache) -> tuple[Float[Array, "1 F"], DecodingCache]:
+        """The block at one position of a causally masked sequence, given the cache of the earlier positions: the row
+        `position` of `self(x_all, context=..., mask=causal_mask(S), inference=True)`. Returns it and the cache with
+        this position's keys and values added."""
+        heads = self.self_attn.num_heads
+        h = jax.vmap(self.self_norm)(x)
+        keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, split_heads(self.self_attn.key_proj, h, heads),
+                                                   position, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(cache.values, split_heads(self.self_attn.value_proj, h, heads),
+                                                     position, axis=1)
+        visible = (jnp.arange(keys.shape[1]) <= position)[None, :]
+        x = x + attend(self.self_attn, split_heads(self.self_attn.query_proj, h, heads), keys, values, visible,
+                       inference=True)
+        if self.cross_attn is not None:
+            h = jax.vmap(self.cross_norm)(x)
+            x = x + attend(self.cross_attn, split_heads(self.cross_attn.query_proj, h, heads), cache.context_keys,
+                           cache.context_values, inference=True)
+        x = x + self.mlp(jax.vmap(self.mlp_norm)(x))
+        return x, cache._replace(keys=keys, values=values)
 
     def _attend(
         self,
@@ -237,3 +287,21 @@ class Transformer(eqx.Module):
 
         x, _ = jax.lax.scan(step, x, (params, block_keys))
         return jax.vmap(self.norm)(x)
+
+    def start_decoding(self, seq_len: int, context: Float[Array, "T F"] | None = None) -> DecodingCache:
+        """An empty cache for `decode_step`, one per block (stacked as the blocks are)."""
+        return eqx.filter_vmap(lambda block: block.start_decoding(seq_len, context))(self.blocks)
+
+    def decode_step(self, x: Float[Array, " F"], position: Int[Array, ""],
+                    cache: DecodingCache) -> tuple[Float[Array, " F"], DecodingCache]:
+        """Token-by-token decoding of a causal stack: the output at `position` of
+        `self(x_all, context=..., mask=causal_mask(S), inference=True)`, computed from this position's input and the
+        cache of the earlier ones, in the time of one position instead of S. Returns it and the updated cache."""
+        params, static = eqx.partition(self.blocks, eqx.is_array)
+
+        def step(x, block_params_and_cache):
+            block_params, block_cache = block_params_and_cache
+            return eqx.combine(block_params, static).decode_step(x, position, block_cache)
+
+        x, cache = jax.lax.scan(step, x[None], (params, cache))
+        return jax.vmap(self.norm)(x)[0], cache

@@ -40,7 +40,7 @@ from fsq_ref import fsq, vq
 from fsq_ref.errors import InputError
 from fsq_ref.nets import Decoder, Encoder
 from fsq_ref.sampling import categorical
-from fsq_ref.transformer import Transformer, causal_mask
+from fsq_ref.transformer import Transformer, causal_mask, dense
 from fsq_ref.quantizers import QuantizerConfig
 
 START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1
@@ -204,7 +204,7 @@ class GuidingCodeLM(eqx.Module):
                inference=False) -> Float[Array, "S K"]:
         x = jax.vmap(self.embed)(inputs) + self.decoder_positions
         x = self.decoder(x, context=memory, mask=causal_mask(self.code_length), key=key, inference=inference)
-        return jax.vmap(self.head)(x)
+        return dense(self.head, x)
 
     def __call__(self, image: Float[Array, "H W Cc"], inputs: Int[Array, " S"], *, key=None,
                  inference=False) -> Float[Array, "S K"]:
@@ -217,20 +217,26 @@ class GuidingCodeLM(eqx.Module):
 def generate_code(lm: GuidingCodeLM, context: Float[Array, "B H W Cc"], key: PRNGKeyArray, *,
                   temperature: float = 0.0) -> Int[Array, "B S"]:
     """Stage II decoding, one token per step in a `lax.fori_loop`: greedy when temperature is 0, else sampled from
-    softmax(logits / temperature). Each step runs the decoder over the whole (causally masked) sequence, so tokens not
-    yet decided are never looked at."""
+    softmax(logits / temperature). The decoder keeps each layer's keys and values of the tokens decoded so far (and
+    of the image's patches) in a cache, so a step costs one position, not S: the same tokens as running the causally
+    masked decoder over the whole sequence at every step, S / 2 times faster on average."""
     if temperature < 0:
         raise InputError(f"temperature must be >= 0; got {temperature}")
     memory = jax.vmap(lambda image: lm.encode(image, inference=True))(context)
     batch, length = context.shape[0], lm.code_length
+    cache = jax.vmap(lambda m: lm.decoder.start_decoding(length, m))(memory)
 
     def step(t, state):
-        code, key = state
+        code, cache, key = state
         key, sample_key = jr.split(key)
-        logits = jax.vmap(lambda i, m: lm.decode(i, m, inference=True))(shift_right(code), memory)[:, t]
+        # Position t reads what `shift_right` puts there: the start symbol, or the previous token plus one.
+        inputs = jnp.where(t == 0, START, code[:, t - 1] + 1)
+        x = jax.vmap(lm.embed)(inputs) + lm.decoder_positions[t]
+        features, cache = jax.vmap(lambda x, c: lm.decoder.decode_step(x, t, c))(x, cache)
+        logits = dense(lm.head, features)
         token = (jnp.argmax(logits, axis=-1) if temperature == 0
                  else categorical(sample_key, logits / temperature))
-        return code.at[:, t].set(token.astype(jnp.int32)), key
+        return code.at[:, t].set(token.astype(jnp.int32)), cache, key
 
-    code, _ = jax.lax.fori_loop(0, length, step, (jnp.zeros((batch, length), jnp.int32), key))
+    code, _, _ = jax.lax.fori_loop(0, length, step, (jnp.zeros((batch, length), jnp.int32), cache, key))
     return code

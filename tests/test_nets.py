@@ -194,6 +194,21 @@ def test_causal_mask_hides_later_positions(position):
     assert jnp.all(changed)  # without the mask every position attends to every other
 
 
+@pytest.mark.parametrize("cross_attention", [False, True])
+def test_cached_decoding_matches_the_causal_forward(key, cross_attention):
+    # Decoding position by position from the cache gives the rows of one causally masked pass over the sequence.
+    net_key, x_key, c_key = jr.split(key, 3)
+    net = _transformer(net_key, cross_attention=cross_attention)
+    x = jr.normal(x_key, (SEQ, DIM))
+    context = jr.normal(c_key, (CTX, DIM)) if cross_attention else None
+    full = _apply(net, x, context=context, mask=causal_mask(SEQ))
+    step = eqx.filter_jit(lambda net, x, t, cache: net.decode_step(x, t, cache))
+    cache = net.start_decoding(SEQ, context)
+    for t in range(SEQ):
+        y, cache = step(net, x[t], jnp.asarray(t), cache)
+        np.testing.assert_allclose(y, full[t], rtol=1e-5, atol=1e-5)
+
+
 def test_cross_attention_uses_context(key):
     net_key, x_key, c1_key, c2_key = jr.split(key, 4)
     net = _transformer(net_key, cross_attention=True)
