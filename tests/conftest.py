@@ -12,6 +12,11 @@ import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
 
+from fsq_ref import allocator  # noqa: E402
+
+# As the `fsq` command does, before JAX starts its CPU backend: freed step buffers stay in the process.
+allocator.keep_freed_memory()
+
 # Many tests build the same small models in fresh closures, which `jax.jit` compiles again each time. A compilation
 # cache for this session only (a new empty folder per run, removed at exit, so no run depends on an earlier one)
 # reuses them, also in the subprocesses of the multi-process tests (they inherit the environment).
