@@ -29,7 +29,7 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import allocator, data, features, maskgit_train, tokenizer, tokens
+from fsq_ref import allocator, checkpoint, data, features, maskgit_train, tokenizer, tokens
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
@@ -43,14 +43,20 @@ def fsq_cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
+def train(run: Path, *args) -> None:
+    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
+    done = checkpoint.progress(run)
+    if done is None or done[0] < done[1]:
+        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
+
+
 def floats(text: str) -> list[float]:
     return [float(x) for x in text.split(",")]
 
 
 def tokenizer_stage(folder: Path, options: list[str], args) -> None:
-    if not (folder / "tokenizer" / "checkpoint.fsq").exists():
-        fsq_cli("train", "autoencoder", "--data", "fashion-mnist", *options, "--steps", args.tokenizer_steps,
-                "--eval-every", args.tokenizer_steps, "--workdir", folder / "tokenizer")
+    train(folder / "tokenizer", "autoencoder", "--data", "fashion-mnist", *options, "--steps", args.tokenizer_steps,
+          "--eval-every", args.tokenizer_steps)
     for split in ("train", "test"):
         if not (folder / f"tokens-{split}.npz").exists():
             fsq_cli("encode", "--workdir", folder / "tokenizer", "--split", split,
@@ -70,9 +76,8 @@ def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, t
     result_path = run / "paper-comparison.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    if not (run / "checkpoint.fsq").exists():
-        fsq_cli("train", "maskgit", "--tokens", folder / "tokens-train.npz", "--steps", args.maskgit_steps,
-                "--eval-every", max(1, args.maskgit_steps // 8), "--seed", seed, "--workdir", run)
+    train(run, "maskgit", "--tokens", folder / "tokens-train.npz", "--steps", args.maskgit_steps,
+          "--eval-every", max(1, args.maskgit_steps // 8), "--seed", seed)
     log = [json.loads(line) for line in open(run / "metrics.jsonl")]
     nll = [(r["step"], r["nll"]) for r in log if r.get("split") == "eval"]
     grid = {}

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fsq_ref import checkpoint
+
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
 NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ-split 4096", "vq-nosplit": "VQ-no-split 4096",
          "vq": "VQ 4096 (codebook loss)"}
@@ -30,6 +32,13 @@ def fsq_cli(*args) -> None:
     subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
+def train(run: Path, *args) -> None:
+    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
+    done = checkpoint.progress(run)
+    if done is None or done[0] < done[1]:
+        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
+
+
 def seconds(folder: Path) -> float:
     return max(json.loads(line).get("seconds", 0.0) for line in open(folder / "metrics.jsonl"))
 
@@ -37,16 +46,14 @@ def seconds(folder: Path) -> float:
 def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
     """One oracle and `args.seeds` stage IIs on it: {"rows": [eval rows per seed], "seconds": {...}}."""
     oracle = folder / "oracle"
-    if not (oracle / "checkpoint.fsq").exists():
-        fsq_cli("train", "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--preset",
-                args.oracle_preset, "--steps", args.oracle_steps, "--eval-every", args.oracle_steps,
-                *([] if context else ["--no-context"]), "--workdir", oracle)
+    train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--preset",
+          args.oracle_preset, "--steps", args.oracle_steps, "--eval-every", args.oracle_steps,
+          *([] if context else ["--no-context"]))
     rows, lm_seconds = [], []
     for seed in range(args.seeds):
         lm = folder / f"lm-seed{seed}"
-        if not (lm / "checkpoint.fsq").exists():
-            fsq_cli("train", "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
-                    "--eval-every", args.lm_steps, "--seed", seed, "--workdir", lm)
+        train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
+              "--eval-every", args.lm_steps, "--seed", seed)
         if not (lm / "eval-test.json").exists():
             fsq_cli("eval", "--workdir", lm, "--task", task)
         rows.append(json.loads((lm / "eval-test.json").read_text()))

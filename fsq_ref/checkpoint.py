@@ -112,6 +112,15 @@ def read_run(workdir: str | os.PathLike, kind: str | None = None) -> dict:
     return header
 
 
+def progress(workdir: str | os.PathLike) -> tuple[int, int] | None:
+    """(steps done, steps planned) of the run folder `workdir`; None when it holds no checkpoint yet. A run stopped
+    early (Ctrl-C, a killed job, a time limit) has done fewer steps than planned."""
+    if not (Path(workdir) / CHECKPOINT).exists():
+        return None
+    header = read_run(workdir)
+    return header["step"], header["total_steps"]
+
+
 def load_run(workdir: str | os.PathLike, kind: str, init: Callable[[dict, object], object]) -> tuple[dict, object]:
     """(header, state) of the run folder `workdir` of `kind`; `init(header, key)` builds a state of the saved
     structure (it is only traced, with `equinox.filter_eval_shape`: no initialisation is computed)."""

@@ -97,6 +97,8 @@ def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slowdown
     # At full speed the schedule ends first (step 93: 124 ticks); at half speed the clock reaches 128 ticks at step
     # 64 (61 + 2 * 34 = 129 ticks, step 63 being at 127) and the run stops there.
     assert header["step"] == clock.steps == last_step
+    # What the benchmark scripts read to tell a finished run from one to resume.
+    assert checkpoint.progress(tmp_path) == (last_step, 93) and checkpoint.progress(tmp_path / "absent") is None
     assert any(f"reached at step {last_step}" in m for m in messages) == stopped_by_clock
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records[-1] == {"step": last_step, "split": "eval", "w": result["w"]}
