@@ -156,12 +156,7 @@ class TransformerBlock(eqx.Module):
         Returns:
             The updated sequence, [S, F].
         """
-        if (context is None) != (self.cross_attn is None):
-            has = "None" if context is None else "an array"
-            raise InputError(
-                "pass `context` exactly when the block was built with cross_attention=True; "
-                f"got context={has}, cross_attention={self.cross_attn is not None}"
-            )
+        self._check_context(context)
         # Dropout draws random masks, so without a key it can only be the identity.
         inference = inference or key is None
         self_key, cross_key, mlp_key = (None, None, None) if inference else jr.split(key, 3)
@@ -179,8 +174,7 @@ class TransformerBlock(eqx.Module):
         """An empty cache for `decode_step` over `seq_len` positions, with the context's keys and values."""
         heads, dim = self.self_attn.num_heads, self.self_attn.query_proj.in_features
         empty = jnp.zeros((heads, seq_len, dim // heads), self.self_attn.query_proj.weight.dtype)
-        if (context is None) != (self.cross_attn is None):
-            raise InputError("pass `context` exactly when the block was built with cross_attention=True")
+        self._check_context(context)
         if context is None:
             return DecodingCache(empty, empty, None, None)
         return DecodingCache(empty, empty, split_heads(self.cross_attn.key_proj, context, heads),
@@ -206,6 +200,14 @@ class TransformerBlock(eqx.Module):
                            cache.context_values, inference=True)
         x = x + self.mlp(jax.vmap(self.mlp_norm)(x))
         return x, cache._replace(keys=keys, values=values)
+
+    def _check_context(self, context: Float[Array, "T F"] | None) -> None:
+        if (context is None) != (self.cross_attn is None):
+            has = "None" if context is None else "an array"
+            raise InputError(
+                "pass `context` exactly when the block was built with cross_attention=True; "
+                f"got context={has}, cross_attention={self.cross_attn is not None}"
+            )
 
     def _attend(
         self,
