@@ -21,15 +21,13 @@ paper's (mean +- std over seeds) and writes WORKDIR/results.json; finished stage
 import argparse
 import itertools
 import json
-import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-import jax.random as jr
 import numpy as np
 
-from fsq_ref import allocator, checkpoint, data, features, maskgit_train, tokenizer, tokens
+from fsq_ref import allocator, data, features, maskgit_train, tokens
+
+from stages import fsq_cli, mean_std, reconstruction_quality, sample_quality, train
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
@@ -37,17 +35,6 @@ QUANTIZERS = {
 }
 QUICK = dict(tokenizer_steps=200, maskgit_steps=200, seeds="0", guidance="0,1", temperatures="1.0", val_per_class=20,
              test_per_class=50)
-
-
-def fsq_cli(*args) -> None:
-    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
-
-
-def train(run: Path, *args) -> None:
-    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
-    done = checkpoint.progress(run)
-    if done is None or done[0] < done[1]:
-        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
 
 
 def floats(text: str) -> list[float]:
@@ -63,14 +50,6 @@ def tokenizer_stage(folder: Path, options: list[str], args) -> None:
                     "--out", folder / f"tokens-{split}.npz")
 
 
-def quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_dir: Path, per_class: int, guidance: float,
-            temperature: float, seed: int) -> dict:
-    labels = np.repeat(np.arange(10, dtype=np.int32), per_class)
-    _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), guidance=guidance,
-                                            temperature=temperature)
-    return features.sample_quality(classifier, real, fake, labels)
-
-
 def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, test: np.ndarray, args) -> dict:
     run = folder / f"maskgit-seed{seed}"
     result_path = run / "paper-comparison.json"
@@ -82,12 +61,13 @@ def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, t
     nll = [(r["step"], r["nll"]) for r in log if r.get("split") == "eval"]
     grid = {}
     for g, t in itertools.product(floats(args.guidance), floats(args.temperatures)):
-        grid[f"{g:g},{t:g}"] = quality(classifier, validation, run, folder / "tokenizer", args.val_per_class, g, t,
-                                       seed)["frechet_distance"]
+        grid[f"{g:g},{t:g}"] = sample_quality(classifier, validation, run, folder / "tokenizer", args.val_per_class,
+                                              guidance=g, temperature=t, seed=seed)["frechet_distance"]
     best = min(grid, key=grid.get)
     g, t = map(float, best.split(","))
     result = {"seed": seed, "held_out_nll": nll, "validation_fd": grid, "guidance": g, "temperature": t,
-              "test": quality(classifier, test, run, folder / "tokenizer", args.test_per_class, g, t, 1000 + seed)}
+              "test": sample_quality(classifier, test, run, folder / "tokenizer", args.test_per_class, guidance=g,
+                                    temperature=t, seed=1000 + seed)}
     result_path.write_text(json.dumps(result, indent=2))
     return result
 
@@ -95,10 +75,8 @@ def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, t
 def tokenizer_scores(folder: Path, classifier, test: np.ndarray, test_labels: np.ndarray, count: int) -> dict:
     test_tokens = tokens.load(folder / "tokens-test.npz")
     usage = len(np.unique(test_tokens.indices)) / test_tokens.codebook_size
-    model, qstate, _ = tokenizer.load(folder / "tokenizer")
-    pick = np.random.default_rng(0).choice(len(test), size=min(count, len(test)), replace=False)
-    recon = tokenizer.reconstruct_all(model, qstate, test[pick])
-    return {"usage": usage, "reconstruction": features.sample_quality(classifier, test, recon, test_labels[pick])}
+    return {"usage": usage,
+            "reconstruction": reconstruction_quality(classifier, test, test_labels, folder / "tokenizer", count)}
 
 
 def last_quarter(nll: list[tuple[int, float]]) -> float:
@@ -106,12 +84,6 @@ def last_quarter(nll: list[tuple[int, float]]) -> float:
     last_step = nll[-1][0]
     earlier = min(nll, key=lambda point: abs(point[0] - 0.75 * last_step))
     return nll[-1][1] - earlier[1]
-
-
-def mean_std(values: list[float], fmt: str) -> str:
-    if len(values) == 1:
-        return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
 
 
 def main():

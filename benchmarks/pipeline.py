@@ -1,8 +1,8 @@
 """The paper's comparison at Fashion-MNIST scale: the whole MaskGIT pipeline on FSQ tokens and on VQ tokens.
 
 For each quantizer, with the same budgets as the main job (`scripts/demo.sh`): a tokenizer trained for
---tokenizer-seconds, both splits encoded, MaskGIT trained for --maskgit-seconds, 100 images per class generated
-(12 steps, guidance --guidance) and scored with `fsq eval-samples`. Stages whose outputs exist in WORKDIR/<name>/
+--tokenizer-seconds, both splits encoded, MaskGIT trained for --maskgit-seconds at --maskgit-lr, 100 images per class
+generated (12 steps, guidance --guidance) and scored with `fsq eval-samples`. Stages whose outputs exist in WORKDIR/<name>/
 are reused, so a finished main job can stand in for the FSQ row (link runs/demo to WORKDIR/fsq). Then generation
 throughput is timed in this process: one compiled call generating a batch of 256 token grids (12 steps), decoding
 included, median of 5 after a warm-up.
@@ -13,8 +13,6 @@ included, median of 5 after a warm-up.
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,14 +22,12 @@ import numpy as np
 
 from fsq_ref import allocator, maskgit, maskgit_train, tokenizer
 
+from stages import fsq_cli
+
 QUANTIZERS = {
     "fsq": ("FSQ [8,6,5] (240 codes)", ["--quantizer", "fsq", "--levels", "8,6,5"]),
     "vq": ("VQ, 256 codes", ["--quantizer", "vq", "--codebook-size", "256"]),
 }
-
-
-def fsq_cli(*args) -> None:
-    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
 
 
 def pipeline(folder: Path, options: list[str], args) -> dict:
@@ -43,7 +39,8 @@ def pipeline(folder: Path, options: list[str], args) -> dict:
             fsq_cli("encode", "--workdir", folder / "tokenizer", "--split", split, "--out", folder / f"tokens-{split}.npz")
     if not (folder / "maskgit" / "checkpoint.fsq").exists():
         fsq_cli("train", "maskgit", "--tokens", folder / "tokens-train.npz", "--eval-tokens",
-                folder / "tokens-test.npz", "--time-limit", args.maskgit_seconds, "--workdir", folder / "maskgit")
+                folder / "tokens-test.npz", "--time-limit", args.maskgit_seconds, "--learning-rate", args.maskgit_lr,
+                "--workdir", folder / "maskgit")
     if not (folder / "samples.quality.json").exists():
         fsq_cli("generate", "--workdir", folder / "maskgit", "--autoencoder", folder / "tokenizer", "--num-per-class",
                 100, "--guidance", args.guidance, "--out", folder / "samples.npz")
@@ -77,12 +74,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/bench-pipeline")
     parser.add_argument("--tokenizer-seconds", type=float, default=100)
-    parser.add_argument("--maskgit-seconds", type=float, default=300)
+    parser.add_argument("--maskgit-seconds", type=float, default=540)
+    parser.add_argument("--maskgit-lr", type=float, default=2e-3)
     parser.add_argument("--guidance", type=float, default=1.0)
     args = parser.parse_args()
     allocator.keep_freed_memory()  # before JAX starts its CPU backend
     print(f"device: {jax.devices()[0].device_kind}; jax {jax.__version__}; tokenizer {args.tokenizer_seconds:g} s, "
-          f"MaskGIT {args.maskgit_seconds:g} s, guidance {args.guidance:g}, 100 samples per class")
+          f"MaskGIT {args.maskgit_seconds:g} s at learning rate {args.maskgit_lr:g}, guidance {args.guidance:g}, "
+          "100 samples per class")
     print()
     print("| tokens | tokenizer PSNR | usage | MaskGIT steps | masked-token acc | sample FD | recon FD | FD ratio | "
           "precision | recall | class accuracy (samples / recon) | images/s (batch 256) |")

@@ -13,34 +13,18 @@ reused. Prints one Markdown table per task and writes WORKDIR/results.json.
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from fsq_ref import checkpoint
+from stages import fsq_cli, seconds, train
 
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
 NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ-split 4096", "vq-nosplit": "VQ-no-split 4096",
          "vq": "VQ 4096 (codebook loss)"}
 NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
                     "independent_usage")
-
-
-def fsq_cli(*args) -> None:
-    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
-
-
-def train(run: Path, *args) -> None:
-    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
-    done = checkpoint.progress(run)
-    if done is None or done[0] < done[1]:
-        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
-
-
-def seconds(folder: Path) -> float:
-    return max(json.loads(line).get("seconds", 0.0) for line in open(folder / "metrics.jsonl"))
 
 
 def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:

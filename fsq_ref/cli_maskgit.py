@@ -126,6 +126,10 @@ def eval_samples(samples, data_spec, data_dir, autoencoder, out):
             accuracy = f"{r['label_accuracy']:.2%}" if "label_accuracy" in r else "-"
             click.echo(f"| {name} ({r['images']}) | {r['frechet_distance']:.3f} | {r['precision']:.3f} | "
                        f"{r['recall']:.3f} | {accuracy} |")
+    if "reconstructions" in result:
+        ratio = result["samples"]["frechet_distance"] / result["reconstructions"]["frechet_distance"]
+        click.echo(f"the samples' Frechet distance is {ratio:.2f}x the reconstructions' (1x: the best these tokens "
+                   "allow)")
     out = out or str(Path(samples).with_suffix(".quality.json"))
     checkpoint.write_atomic(out, json.dumps(result, indent=2).encode())
     click.echo(f"wrote {out}")

@@ -249,6 +249,8 @@ def test_eval_samples_reports_quality_against_reconstructions(trained, maskgit_r
         assert {"frechet_distance", "precision", "recall", "label_accuracy"} <= set(report[name])
         assert 0 <= report[name]["label_accuracy"] <= 1 and report[name]["frechet_distance"] >= 0
     assert "| samples (40) |" in result.output
+    ratio = report["samples"]["frechet_distance"] / report["reconstructions"]["frechet_distance"]
+    assert f"Frechet distance is {ratio:.2f}x the reconstructions'" in result.output
 
 
 def test_generate_bad_input(trained, maskgit_run, tmp_path):

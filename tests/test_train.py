@@ -79,33 +79,40 @@ class ClockedToyTask(ToyTask):
         return out
 
 
-@pytest.mark.parametrize("slowdown, last_step, stopped_by_clock", [(1, 93, False), (2, 64, True)])
-def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slowdown, last_step, stopped_by_clock):
-    # Step 1 costs 0.5 s (compilation), the next ones 1/64 s (binary fractions: the sums are exact), and after the
-    # calibration steps each one costs `slowdown` times that (the machine got busy).
+@pytest.mark.parametrize("slow_from, slowdown, checkpoint_every, total, last_step, stopped_by_clock", [
+    (30, 1, 1000, 95, 95, False),  # steady speed: the schedule ends just inside the budget
+    (30, 2, 1000, 63, 63, False),  # slower after the calibration: the second sizing shortens the schedule
+    (60, 2, 1000, 95, 79, True),  # slower only after the second sizing: the clock stops the run
+    (30, 1, 50, 94, 94, False),  # a checkpoint came first: the first length stays (and resume stays exact)
+])
+def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slow_from, slowdown, checkpoint_every,
+                                                 total, last_step, stopped_by_clock):
+    # Step 1 costs 0.5 s (compilation), the next ones 1/64 s (binary fractions: the sums are exact), and after step
+    # `slow_from` each one costs `slowdown` times that (the machine got busy). The budget is 2 s = 128 ticks.
     tick = 1 / 64
-    clock = StepClock(lambda i: 0.5 if i == 1 else tick if i <= train.CALIBRATION_STEPS else slowdown * tick)
+    clock = StepClock(lambda i: 0.5 if i == 1 else tick if i <= slow_from else slowdown * tick)
     monkeypatch.setattr(train, "time", clock)
     messages = []
-    loop = train.LoopConfig(time_limit=2.0, batch_size=4, log_every=10)
+    loop = train.LoopConfig(time_limit=2.0, batch_size=4, log_every=10, checkpoint_every=checkpoint_every)
     _, result = train.run(ClockedToyTask(clock), tmp_path, loop, echo=messages.append)
 
-    # Steps 11-30 took 20 ticks: 1 tick a step. At step 30 the clock reads 0.5 + 29 ticks = 61 ticks of the 128 in
-    # 2 s, leaving 67; 95% of them is 63.65, so 63 more steps: a schedule of 93.
+    # First sizing: steps 11-30 took 20 ticks, 1 a step; at step 30 the clock reads 32 + 29 = 61 ticks, leaving 67, of
+    # which 97% is 64.99: 64 more steps, a schedule of 94, and a second sizing 30 steps later (at least a tenth of the
+    # budget). At step 60 the clock reads 91 ticks at full speed: 37 left, 35.89 of them used, a schedule of 95; at
+    # half speed it reads 121: 7 left, 3.4 steps of 2 ticks, a schedule of 63.
     header = checkpoint.read_header(tmp_path / checkpoint.CHECKPOINT)
-    assert header["total_steps"] == 93
-    # At full speed the schedule ends first (step 93: 124 ticks); at half speed the clock reaches 128 ticks at step
-    # 64 (61 + 2 * 34 = 129 ticks, step 63 being at 127) and the run stops there.
+    assert header["total_steps"] == total
+    # Slowing down after step 60, the clock passes 128 ticks at step 79 (91 + 2 * 19 = 129 ticks).
     assert header["step"] == clock.steps == last_step
     # What the benchmark scripts read to tell a finished run from one to resume.
-    assert checkpoint.progress(tmp_path) == (last_step, 93) and checkpoint.progress(tmp_path / "absent") is None
+    assert checkpoint.progress(tmp_path) == (last_step, total) and checkpoint.progress(tmp_path / "absent") is None
     assert any(f"reached at step {last_step}" in m for m in messages) == stopped_by_clock
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert records[-1] == {"step": last_step, "split": "eval", "w": result["w"]}
     # Every 10th step and the end of a completed schedule are logged, with the seconds the clock read then.
     times = np.cumsum([clock.cost(i) for i in range(1, last_step + 1)])
     logged = [(r["step"], r["seconds"]) for r in records if r["split"] == "train"]
-    expected_steps = [*range(10, last_step + 1, 10)] + ([] if stopped_by_clock else [last_step])
+    expected_steps = [*range(10, last_step + 1, 10)] + ([] if stopped_by_clock or last_step % 10 == 0 else [last_step])
     assert logged == [(s, round(float(times[s - 1]), 2)) for s in expected_steps]
 
 

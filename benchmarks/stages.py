@@ -1,0 +1,57 @@
+"""What the benchmark scripts share: running the `fsq` command, training a stage so that a stopped run resumes and a
+finished one is reused, the seconds a run trained, a mean +- std cell, and the sample quality of a MaskGIT and of its tokenizer.
+
+The scripts import it as `stages` (Python puts the running script's folder on the path)."""
+
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.random as jr
+import numpy as np
+
+from fsq_ref import checkpoint, features, maskgit_train, tokenizer
+
+
+def fsq_cli(*args) -> None:
+    """`fsq ARGS` in a child process (its own JAX), output discarded; raises if it fails."""
+    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+
+
+def train(run: Path, *args) -> None:
+    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
+    done = checkpoint.progress(run)
+    if done is None or done[0] < done[1]:
+        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
+
+
+def seconds(run: Path) -> float:
+    """Seconds of training that `run`'s log records (compilation included)."""
+    return max(json.loads(line).get("seconds", 0.0) for line in open(Path(run) / "metrics.jsonl"))
+
+
+def mean_std(values: list[float], fmt: str) -> str:
+    """One value as it is; several as "mean ± sample std"."""
+    if len(values) == 1:
+        return format(values[0], fmt)
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+
+
+def sample_quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_dir: Path, per_class: int, *,
+                   guidance: float, temperature: float = 1.0, seed: int = 0) -> dict:
+    """`features.sample_quality` of `per_class` samples per class of the MaskGIT in `maskgit_dir` against `real`."""
+    labels = np.repeat(np.arange(10, dtype=np.int32), per_class)
+    _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), guidance=guidance,
+                                            temperature=temperature)
+    return features.sample_quality(classifier, real, fake, labels)
+
+
+def reconstruction_quality(classifier, real: np.ndarray, labels: np.ndarray, tokenizer_dir: Path, count: int) -> dict:
+    """`features.sample_quality` of the tokenizer's reconstructions of `count` images drawn from `real` (seeded):
+    the best any generator on its tokens can do, scored at the same set size as `count` samples."""
+    model, qstate, _ = tokenizer.load(tokenizer_dir)
+    pick = np.random.default_rng(0).choice(len(real), size=min(count, len(real)), replace=False)
+    recon = tokenizer.reconstruct_all(model, qstate, real[pick])
+    return features.sample_quality(classifier, real, recon, labels[pick])
