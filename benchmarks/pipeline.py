@@ -1,11 +1,11 @@
 """The paper's comparison at Fashion-MNIST scale: the whole MaskGIT pipeline on FSQ tokens and on VQ tokens.
 
 For each quantizer, with the same budgets as the main job (`scripts/demo.sh`): a tokenizer trained for
---tokenizer-seconds, both splits encoded, MaskGIT trained for --maskgit-seconds at --maskgit-lr, 100 images per class
-generated (12 steps, guidance --guidance) and scored with `fsq eval-samples`. Stages whose outputs exist in WORKDIR/<name>/
-are reused, so a finished main job can stand in for the FSQ row (link runs/demo to WORKDIR/fsq). Then generation
-throughput is timed in this process: one compiled call generating a batch of 256 token grids (12 steps), decoding
-included, median of 5 after a warm-up.
+--tokenizer-seconds, both splits encoded, MaskGIT trained for --maskgit-seconds at --maskgit-lr, 100 images per
+class generated (12 steps, guidance --guidance) and scored with `fsq eval-samples`. Stages whose outputs exist in
+WORKDIR/<name>/ are reused, so a finished main job can stand in for the FSQ row (link runs/demo to WORKDIR/fsq).
+Then generation throughput is timed in this process: one compiled call generating a batch of 256 token grids (12
+steps), decoding included, median of 5 after a warm-up.
 
     python benchmarks/pipeline.py [--workdir runs/bench-pipeline]
 """

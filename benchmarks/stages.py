@@ -1,5 +1,6 @@
 """What the benchmark scripts share: running the `fsq` command, training a stage so that a stopped run resumes and a
-finished one is reused, the seconds a run trained, a mean +- std cell, and the sample quality of a MaskGIT and of its tokenizer.
+finished one is reused, the seconds a run trained, a mean +- std cell, and the sample quality of a MaskGIT and of
+its tokenizer.
 
 The scripts import it as `stages` (Python puts the running script's folder on the path)."""
 

@@ -68,7 +68,9 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--dtype", type=click.Choice(precision.DTYPES), default="float32", show_default=True,
                      help="compute dtype of the training step; parameters and optimiser state stay float32"),
-        click.option("--eval-every", type=int, default=1000, show_default=True),
+        click.option("--eval-every", type=int, default=1000, show_default=True,
+                     help="evaluate and checkpoint every N steps; 0: only at the end (a time-limited run then spends "
+                          "all of its budget on training)"),
         click.option("--workdir", required=True, type=click.Path(file_okay=False), help="where checkpoint and logs go"),
         click.option("--resume", is_flag=True, help="continue the run in --workdir"),
         click.option("--init-from", default=None, type=click.Path(file_okay=False), metavar="RUN_DIR",

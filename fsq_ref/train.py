@@ -8,15 +8,15 @@ and its evaluation; this loop adds what every run needs:
   replicated, so the jitted step runs unchanged on one CPU or eight GPUs (XLA inserts the gradient all-reduce), and
   across hosts: each process loads its own rows of every batch and only process 0 writes files (`distributed`);
 - progress with the live loss and codebook usage (`progress`: a bar on a terminal, one line per logging interval in
-  a log file), `metrics.jsonl`, evaluation on held-out data every `eval_every` steps and at the end;
-- one checkpoint file, written atomically every `checkpoint_every` steps and at the end; `resume` continues exactly
-  where it stopped (batches and random keys are functions of the step, the learning rate of the step and the
-  recorded schedule length), so a resumed run ends with the same parameters as an uninterrupted one;
+  a log file), `metrics.jsonl`, evaluation on held-out data every `eval_every` steps (0: never) and at the end;
+- one checkpoint file, written atomically every `checkpoint_every` steps (0: never) and at the end; `resume`
+  continues exactly where it stopped (batches and random keys are functions of the step, the learning rate of the
+  step and the recorded schedule length), so a resumed run ends with the same parameters as an uninterrupted one;
 - fine-tuning: `init_from` starts a new run from another run's model, with a fresh optimiser and schedule
   (`finetune`); `tensorboard` also writes the logs for TensorBoard (`tensorboard`);
 - two budgets: `steps`, and `time_limit` seconds of wall-clock training. With a time limit and no step count, the
   schedule is sized to end when the time runs out, from the speed of the first `CALIBRATION_STEPS` steps and again
-  a tenth of the budget later (`_TimeBudget`); that length is recorded in the checkpoint;
+  a fifth of the budget later (`_TimeBudget`); that length is recorded in the checkpoint;
 - Ctrl-C stops at the next step boundary and saves; a second Ctrl-C aborts at once. A NaN or infinite loss stops
   the run without saving, so the last good checkpoint stays on disk.
 
@@ -62,8 +62,8 @@ class LoopConfig:
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     log_every: int = 25
-    eval_every: int = 1000
-    checkpoint_every: int = 1000
+    eval_every: int = 1000  # 0: only at the end
+    checkpoint_every: int = 1000  # 0: only at the end (and on Ctrl-C)
     dtype: str = "float32"  # compute dtype of the training step (`precision`); parameters stay float32
 
     def __post_init__(self):
@@ -75,6 +75,8 @@ class LoopConfig:
             raise InputError(f"--time-limit must be > 0 seconds; got {self.time_limit}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be >= 1; got {self.batch_size}")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise InputError(f"--eval-every must be >= 0 (0: evaluate only at the end); got {self.eval_every}")
         precision.compute_dtype(self.dtype)
 
 
@@ -172,11 +174,13 @@ class _TimeBudget:
     """Sizes the schedule of a run that has only a time limit, from the speed of its own steps.
 
     First from steps 10..CALIBRATION_STEPS (compilation excluded), to have a length before the warm-up ends; then once
-    more, when about a tenth of the budget has passed, from the steps since: the first steps run slower than later
-    ones (memory is still being mapped in, caches warm up), and a schedule sized from them alone ended MaskGIT's
-    300 s run of the main job after 233 s. Either estimate keeps a reserve of RESERVE of the time left for logging
-    and noise. The second sizing is skipped if a checkpoint may already hold the first length (the run would no
-    longer resume to the same result), and the clock still stops a run that turns out slower.
+    more, when about a fifth of the budget has passed, from the steps since: the first hundred or so steps run slower
+    than later ones (memory is still being mapped in, caches warm up), and a schedule sized from steps 10..30 alone
+    ended MaskGIT's 300 s run in the main job after 233 s (re-sized after a tenth of the budget, 490 s of 540).
+    Either estimate keeps a reserve of RESERVE of the time left for logging and noise; the time of periodic evaluations
+    is not budgeted for (the main job evaluates only at the end). The second sizing is skipped if a checkpoint may already hold
+    the first length (the run would no longer resume to the same result), and the clock still stops a run that turns
+    out slower.
     """
 
     RESERVE = 0.03
@@ -196,8 +200,8 @@ class _TimeBudget:
         since = 10 if step == CALIBRATION_STEPS else CALIBRATION_STEPS
         per_step = (elapsed - self.marks[since]) / (step - since)
         total = step + max(0, int((1 - self.RESERVE) * (self.time_limit - elapsed) / per_step))
-        if step == CALIBRATION_STEPS:  # measure again a tenth of the budget later, if the schedule lasts that long
-            later = step + max(CALIBRATION_STEPS, int(0.1 * self.time_limit / per_step))
+        if step == CALIBRATION_STEPS:  # measure again a fifth of the budget later, if the schedule lasts that long
+            later = step + max(CALIBRATION_STEPS, int(0.2 * self.time_limit / per_step))
             self.resize_at = distributed.agree(later if later < total else -1)
         elif not may_change:
             return None
@@ -281,7 +285,8 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
             elapsed = time.perf_counter() - started
             if sizing is not None and sizing.times(step):
                 jax.block_until_ready(stats)
-                sized = sizing.size(step, time.perf_counter() - started, may_change=step < loop.checkpoint_every)
+                saved = loop.checkpoint_every and step >= loop.checkpoint_every
+                sized = sizing.size(step, time.perf_counter() - started, may_change=not saved)
                 if sized is not None:
                     total = bar.total = sized
             if step % loop.log_every == 0 or step == total:
@@ -309,9 +314,9 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
                 bar.close()
                 echo(f"interrupted at step {step}: saving")
                 break
-            if step % loop.checkpoint_every == 0:
+            if loop.checkpoint_every and step % loop.checkpoint_every == 0:
                 save(state, step)
-            if step % loop.eval_every == 0 and step != total:
+            if loop.eval_every and step % loop.eval_every == 0 and step != total:
                 log({"step": step, "split": "eval", **evaluate(state)})
     bar.close()
     save(state, step)

@@ -97,7 +97,7 @@ def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slow_fro
     _, result = train.run(ClockedToyTask(clock), tmp_path, loop, echo=messages.append)
 
     # First sizing: steps 11-30 took 20 ticks, 1 a step; at step 30 the clock reads 32 + 29 = 61 ticks, leaving 67, of
-    # which 97% is 64.99: 64 more steps, a schedule of 94, and a second sizing 30 steps later (at least a tenth of the
+    # which 97% is 64.99: 64 more steps, a schedule of 94, and a second sizing 30 steps later (at least a fifth of the
     # budget). At step 60 the clock reads 91 ticks at full speed: 37 left, 35.89 of them used, a schedule of 95; at
     # half speed it reads 121: 7 left, 3.4 steps of 2 ticks, a schedule of 63.
     header = checkpoint.read_header(tmp_path / checkpoint.CHECKPOINT)
@@ -114,6 +114,17 @@ def test_time_limit_sizes_the_schedule_and_stops(tmp_path, monkeypatch, slow_fro
     logged = [(r["step"], r["seconds"]) for r in records if r["split"] == "train"]
     expected_steps = [*range(10, last_step + 1, 10)] + ([] if stopped_by_clock or last_step % 10 == 0 else [last_step])
     assert logged == [(s, round(float(times[s - 1]), 2)) for s in expected_steps]
+
+
+def test_eval_every_zero_evaluates_and_saves_only_at_the_end(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(checkpoint, "save", lambda path, header, state: saved.append(header["step"]))
+    loop = train.LoopConfig(steps=25, batch_size=4, log_every=5, eval_every=0, checkpoint_every=0)
+    train.run(ToyTask(), tmp_path, loop, echo=lambda s: None)
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records if r["split"] == "eval"] == [25] and saved == [25]
+    with pytest.raises(ValueError, match="--eval-every must be >= 0"):
+        train.LoopConfig(steps=25, eval_every=-1)
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path):
