@@ -41,11 +41,11 @@ def mean_std(values: list[float], fmt: str) -> str:
 
 
 def sample_quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_dir: Path, per_class: int, *,
-                   guidance: float, temperature: float = 1.0, seed: int = 0) -> dict:
-    """`features.sample_quality` of `per_class` samples per class of the MaskGIT in `maskgit_dir` against `real`."""
+                   seed: int = 0, **options) -> dict:
+    """`features.sample_quality` of `per_class` samples per class of the MaskGIT in `maskgit_dir` against `real`;
+    `options` are `maskgit.generate`'s (guidance, temperature, choice_temperature, steps)."""
     labels = np.repeat(np.arange(10, dtype=np.int32), per_class)
-    _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), guidance=guidance,
-                                            temperature=temperature)
+    _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), **options)
     return features.sample_quality(classifier, real, fake, labels)
 
 
