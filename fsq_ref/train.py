@@ -177,10 +177,10 @@ class _TimeBudget:
     more, when about a fifth of the budget has passed, from the steps since: the first hundred or so steps run slower
     than later ones (memory is still being mapped in, caches warm up), and a schedule sized from steps 10..30 alone
     ended MaskGIT's 300 s run in the main job after 233 s (re-sized after a tenth of the budget, 490 s of 540).
-    Either estimate keeps a reserve of RESERVE of the time left for logging and noise; the time of periodic evaluations
-    is not budgeted for (the main job evaluates only at the end). The second sizing is skipped if a checkpoint may already hold
-    the first length (the run would no longer resume to the same result), and the clock still stops a run that turns
-    out slower.
+    Either estimate keeps a reserve of RESERVE of the time left for logging and noise; the time of periodic
+    evaluations is not budgeted for (the main job evaluates only at the end). The second sizing is skipped if a
+    checkpoint may already hold the first length (the run would no longer resume to the same result), and the clock
+    still stops a run that turns out slower.
     """
 
     RESERVE = 0.03
