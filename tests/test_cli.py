@@ -157,6 +157,12 @@ def test_bad_levels(tmp_path):
                             tmp_path), "levels for")
 
 
+def test_negative_eval_every_is_refused_before_anything_is_written(tmp_path):
+    assert_bad_input(invoke("train", "autoencoder", *TINY, "--steps", 1, "--eval-every", -1, "--workdir",
+                            tmp_path / "run"), "--eval-every must be >= 0")
+    assert not (tmp_path / "run").exists()
+
+
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     monkeypatch.delenv("FSQ_DATA_DIR", raising=False)
