@@ -27,7 +27,7 @@ import numpy as np
 
 from fsq_ref import allocator, data, features, maskgit_train, tokens
 
-from stages import fsq_cli, mean_std, reconstruction_quality, sample_quality, train
+from stages import fsq_cli, mean_std, sample_quality, train
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
@@ -75,8 +75,8 @@ def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, t
 def tokenizer_scores(folder: Path, classifier, test: np.ndarray, test_labels: np.ndarray, count: int) -> dict:
     test_tokens = tokens.load(folder / "tokens-test.npz")
     usage = len(np.unique(test_tokens.indices)) / test_tokens.codebook_size
-    return {"usage": usage,
-            "reconstruction": reconstruction_quality(classifier, test, test_labels, folder / "tokenizer", count)}
+    recon = features.reconstruction_quality(classifier, test, test_labels, folder / "tokenizer", count)
+    return {"usage": usage, "reconstruction": recon}
 
 
 def last_quarter(nll: list[tuple[int, float]]) -> float:

@@ -30,7 +30,7 @@ import numpy as np
 
 from fsq_ref import allocator, data, features, maskgit_train
 
-from stages import reconstruction_quality, sample_quality, seconds, train
+from stages import sample_quality, seconds, train
 
 VARIANTS = {  # the previous main job's recipe first, then one lever changed at a time
     "lr 1e-3, batch 64 (before)": "--learning-rate 1e-3 --batch-size 64",
@@ -91,15 +91,15 @@ def main():
     train_images, train_labels = data.load("fashion-mnist", "train").get(np.arange(60000))
     held_out = len(train_images) - len(train_images) // maskgit_train.HELD_OUT_FRACTION
     test_images, test_labels = data.load("fashion-mnist", "test").get(np.arange(10000))
-    count = 10 * PER_CLASS
+    count, tokenizer_dir = 10 * PER_CLASS, run / "tokenizer"
+    validation, validation_labels = train_images[held_out:], train_labels[held_out:]
     splits = {"guidance": [float(g) for g in args.guidance.split(",")],
               "choice_temperatures": [float(c) for c in args.choice_temperatures.split(",")],
-              "validation": train_images[held_out:], "test": test_images,
-              "validation_recon_fd": reconstruction_quality(classifier, train_images[held_out:],
-                                                            train_labels[held_out:], run / "tokenizer",
-                                                            count)["frechet_distance"],
-              "test_recon_fd": reconstruction_quality(classifier, test_images, test_labels, run / "tokenizer",
-                                                      count)["frechet_distance"]}
+              "validation": validation, "test": test_images,
+              "validation_recon_fd": features.reconstruction_quality(classifier, validation, validation_labels,
+                                                                     tokenizer_dir, count)["frechet_distance"],
+              "test_recon_fd": features.reconstruction_quality(classifier, test_images, test_labels, tokenizer_dir,
+                                                               count)["frechet_distance"]}
     print(f"tokens of {run / 'tokenizer'}; {args.sequences} training sequences per variant; guidance "
           f"({args.guidance}) and choice temperature ({args.choice_temperatures}) chosen on "
           f"{len(train_images) - held_out} held-out training images; reconstruction FD "

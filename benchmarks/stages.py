@@ -1,6 +1,5 @@
 """What the benchmark scripts share: running the `fsq` command, training a stage so that a stopped run resumes and a
-finished one is reused, the seconds a run trained, a mean +- std cell, and the sample quality of a MaskGIT and of
-its tokenizer.
+finished one is reused, the seconds a run trained, a mean +- std cell, and the sample quality of a MaskGIT.
 
 The scripts import it as `stages` (Python puts the running script's folder on the path)."""
 
@@ -13,7 +12,7 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, features, maskgit_train, tokenizer
+from fsq_ref import checkpoint, features, maskgit_train
 
 
 def fsq_cli(*args) -> None:
@@ -47,12 +46,3 @@ def sample_quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_di
     labels = np.repeat(np.arange(10, dtype=np.int32), per_class)
     _, fake = maskgit_train.generate_images(maskgit_dir, tokenizer_dir, labels, jr.key(seed), **options)
     return features.sample_quality(classifier, real, fake, labels)
-
-
-def reconstruction_quality(classifier, real: np.ndarray, labels: np.ndarray, tokenizer_dir: Path, count: int) -> dict:
-    """`features.sample_quality` of the tokenizer's reconstructions of `count` images drawn from `real` (seeded):
-    the best any generator on its tokens can do, scored at the same set size as `count` samples."""
-    model, qstate, _ = tokenizer.load(tokenizer_dir)
-    pick = np.random.default_rng(0).choice(len(real), size=min(count, len(real)), replace=False)
-    recon = tokenizer.reconstruct_all(model, qstate, real[pick])
-    return features.sample_quality(classifier, real, recon, labels[pick])

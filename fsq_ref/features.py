@@ -254,9 +254,18 @@ def evaluate_samples(samples, data_spec: str, *, data_dir: str | None = None, au
     result = {"classifier_accuracy": info["accuracy"], "reference_images": len(real),
               "samples": {**sample_quality(classifier, real, fake, labels), "images": len(fake)}}
     if autoencoder is not None:
-        model, qstate, _ = tokenizer.load(autoencoder)
         # Reconstructions of as many test images as there are samples: Frechet distance depends on the set size.
-        pick = np.random.default_rng(0).choice(len(real), size=min(len(fake), len(real)), replace=False)
-        recon = tokenizer.reconstruct_all(model, qstate, real[pick])
-        result["reconstructions"] = {**sample_quality(classifier, real, recon, real_labels[pick]), "images": len(pick)}
+        count = min(len(fake), len(real))
+        result["reconstructions"] = {**reconstruction_quality(classifier, real, real_labels, autoencoder, count),
+                                     "images": count}
     return result
+
+
+def reconstruction_quality(model: Classifier, real_images: UInt8[np.ndarray, "N H W C"], labels: Int[np.ndarray, " N"],
+                           autoencoder, count: int) -> dict[str, float]:
+    """`sample_quality` of the tokenizer in `autoencoder` reconstructing `count` images drawn (seeded) from
+    `real_images`, against all of them: the best any generator on its tokens can do, at a set size of `count`."""
+    ae_model, qstate, _ = tokenizer.load(autoencoder)
+    pick = np.random.default_rng(0).choice(len(real_images), size=min(count, len(real_images)), replace=False)
+    recon = tokenizer.reconstruct_all(ae_model, qstate, real_images[pick])
+    return sample_quality(model, real_images, recon, labels[pick])

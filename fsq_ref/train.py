@@ -185,14 +185,14 @@ class _TimeBudget:
 
     RESERVE = 0.03
 
-    def __init__(self, time_limit: float):
-        self.time_limit, self.marks, self.resize_at = time_limit, {}, None
+    def __init__(self, time_limit: float, checkpoint_every: int):
+        self.time_limit, self.checkpoint_every, self.marks, self.resize_at = time_limit, checkpoint_every, {}, None
 
     def times(self, step: int) -> bool:
         """Whether `size` wants the clock after this step."""
         return step in (10, CALIBRATION_STEPS, self.resize_at)
 
-    def size(self, step: int, elapsed: float, *, may_change: bool) -> int | None:
+    def size(self, step: int, elapsed: float) -> int | None:
         """The schedule's length as measured at `step` (`elapsed` seconds in), or None to keep the current one."""
         self.marks[step] = elapsed
         if step == 10:
@@ -203,7 +203,7 @@ class _TimeBudget:
         if step == CALIBRATION_STEPS:  # measure again a fifth of the budget later, if the schedule lasts that long
             later = step + max(CALIBRATION_STEPS, int(0.2 * self.time_limit / per_step))
             self.resize_at = distributed.agree(later if later < total else -1)
-        elif not may_change:
+        elif self.checkpoint_every and step >= self.checkpoint_every:  # a checkpoint holds the first length
             return None
         return distributed.agree(total)  # every process follows process 0's steps and schedule
 
@@ -272,7 +272,7 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
     started = time.perf_counter()
     hist = jnp.zeros((task.codebook_size,), jnp.int32)
     step = start
-    sizing = _TimeBudget(loop.time_limit) if total is None else None
+    sizing = _TimeBudget(loop.time_limit, loop.checkpoint_every) if total is None else None
     bar = progress.Progress(f"training {task.kind}", total, start=start)
     with _StopOnInterrupt() as interrupt:
         batches = task.batches(start)
@@ -285,8 +285,7 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
             elapsed = time.perf_counter() - started
             if sizing is not None and sizing.times(step):
                 jax.block_until_ready(stats)
-                saved = loop.checkpoint_every and step >= loop.checkpoint_every
-                sized = sizing.size(step, time.perf_counter() - started, may_change=not saved)
+                sized = sizing.size(step, time.perf_counter() - started)
                 if sized is not None:
                     total = bar.total = sized
             if step % loop.log_every == 0 or step == total:
