@@ -16,8 +16,9 @@ from fsq_ref import checkpoint, features, maskgit_train
 
 
 def fsq_cli(*args) -> None:
-    """`fsq ARGS` in a child process (its own JAX), output discarded; raises if it fails."""
-    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
+    """`fsq ARGS` in a child process (its own JAX); raises if it fails. Its output, progress included, goes to this
+    script's stderr, so that stdout holds only the script's tables."""
+    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=sys.stderr)
 
 
 def train(run: Path, *args) -> None:
