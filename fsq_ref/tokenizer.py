@@ -167,11 +167,14 @@ def evaluate(model: Tokenizer, qstate, ds: data.Dataset, batch_size: int = 500) 
     return {"l1": abs_err / len(ds), "mse": mse, "psnr": metrics.psnr(mse), **counter.stats()}
 
 
-def comparison_png(path, model: Tokenizer, qstate, ds: data.Dataset, count: int = 16) -> str:
-    """A PNG of the first `count` images of `ds` above their reconstructions."""
-    images, _ = ds.get(np.arange(min(count, len(ds))))
+def comparison_png(path, model: Tokenizer, qstate, ds: data.Dataset, count: int = 16, batch_size: int = 500) -> str:
+    """A PNG of the first `count` images of `ds` above their reconstructions. It reconstructs the first batch that
+    `evaluate` reconstructs, so the two share one compiled program (a batch of `count` would compile another, which
+    costs more than the batch)."""
+    images, _, _ = next(data.eval_batches(ds, batch_size))
     recon = np.asarray(reconstruct(model, qstate, images)[0])
-    return save_png(path, grid([images, recon], scale=3))
+    count = min(count, len(ds))
+    return save_png(path, grid([images[:count], recon[:count]], scale=3))
 
 
 class AutoencoderTask:

@@ -81,8 +81,6 @@ def picture(path, task: dense_tasks.DenseTask, ds: dense.DenseData, predictions:
     return save_png(path, grid(rows, scale=3))
 
 
-
-
 def predict(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.DenseTask, ds: dense.DenseData, *,
             temperature: float = 0.0, seed: int = 0) -> tuple[dict, np.ndarray]:
     """(predictions, codes [N, S]) over all of `ds`: of the full model, or of the oracle alone when `lm` is None."""

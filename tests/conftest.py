@@ -18,10 +18,14 @@ from fsq_ref import allocator  # noqa: E402
 allocator.keep_freed_memory()
 
 # Many tests build the same small models in fresh closures, which `jax.jit` compiles again each time. A compilation
-# cache for this session only (a new empty folder per run, removed at exit, so no run depends on an earlier one)
-# reuses them, also in the subprocesses of the multi-process tests (they inherit the environment).
-_CACHE = tempfile.mkdtemp(prefix="fsq-ref-tests-xla-")
-atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+# cache for this run only (a new empty folder, removed at exit, so no run depends on an earlier one) reuses them. The
+# process that creates it (pytest itself, which starts the pytest-xdist workers) passes it on in the environment, so
+# the workers and the multi-process tests' subprocesses share one cache instead of each compiling its own.
+_CACHE = os.environ.get("FSQ_REF_TESTS_XLA_CACHE")
+if _CACHE is None:
+    _CACHE = tempfile.mkdtemp(prefix="fsq-ref-tests-xla-")
+    atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+    os.environ["FSQ_REF_TESTS_XLA_CACHE"] = _CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 jax.config.update("jax_compilation_cache_dir", _CACHE)
