@@ -14,6 +14,8 @@ import numpy as np
 
 from fsq_ref import checkpoint, features, maskgit_train
 
+STAGE_RECORD = "stage.json"  # the `fsq train` arguments a finished run was made with
+
 
 def fsq_cli(*args) -> None:
     """`fsq ARGS` in a child process (its own JAX); raises if it fails. Its output, progress included, goes to this
@@ -22,10 +24,22 @@ def fsq_cli(*args) -> None:
 
 
 def train(run: Path, *args) -> None:
-    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished."""
+    """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished.
+
+    A finished run remembers its arguments (`STAGE_RECORD`); asking the same folder for other arguments (another
+    codebook size, preset or budget) exits with an error instead of reusing a run that answers another question."""
+    run, wanted = Path(run), [str(a) for a in args]
+    record = run / STAGE_RECORD
+    if record.exists() and (made := json.loads(record.read_text())) != wanted:
+        sys.exit(f"error: {run} holds `fsq train {' '.join(made)}`, not `fsq train {' '.join(wanted)}`: "
+                 "give the script another --workdir, or remove that folder to train it again")
     done = checkpoint.progress(run)
     if done is None or done[0] < done[1]:
         fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
+    if not record.exists():
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(wanted))
+        tmp.replace(record)
 
 
 def seconds(run: Path) -> float:

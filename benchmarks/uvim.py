@@ -13,6 +13,7 @@ reused. Prints one Markdown table per task and writes WORKDIR/results.json.
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -20,9 +21,18 @@ import numpy as np
 
 from stages import fsq_cli, seconds, train
 
+from fsq_ref import fsq
+
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
-NAMES = {"fsq": "FSQ [7,5,5,5,5] (4375)", "vq-split": "VQ-split 4096", "vq-nosplit": "VQ-no-split 4096",
-         "vq": "VQ 4096 (codebook loss)"}
+KINDS = ("fsq", "vq-split", "vq-nosplit", "vq")
+
+
+def names(codebook_size: int) -> dict[str, str]:
+    """Each bottleneck's row name at a target codebook size (FSQ: the paper's levels for it, e.g. 4096 -> 7,5,5,5,5)."""
+    levels = fsq.levels_for(codebook_size)
+    return {"fsq": f"FSQ [{','.join(map(str, levels))}] ({math.prod(levels)})",
+            "vq-split": f"VQ-split {codebook_size}", "vq-nosplit": f"VQ-no-split {codebook_size}",
+            "vq": f"VQ {codebook_size} (codebook loss)"}
 NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
                     "independent_usage")
 
@@ -30,9 +40,9 @@ NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "to
 def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
     """One oracle and `args.seeds` stage IIs on it: {"rows": [eval rows per seed], "seconds": {...}}."""
     oracle = folder / "oracle"
-    train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--preset",
-          args.oracle_preset, "--steps", args.oracle_steps, "--eval-every", args.oracle_steps,
-          *([] if context else ["--no-context"]))
+    train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
+          args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
+          args.oracle_steps, *([] if context else ["--no-context"]))
     rows, lm_seconds = [], []
     for seed in range(args.seeds):
         lm = folder / f"lm-seed{seed}"
@@ -79,7 +89,9 @@ def main():
     parser.add_argument("--workdir", default="runs/bench-uvim")
     parser.add_argument("--data", default="scenes")
     parser.add_argument("--tasks", default="depth,colorization,panoptic")
-    parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(NAMES))
+    parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(KINDS))
+    parser.add_argument("--codebook-size", type=int, default=4096,
+                        help="VQ's codebook size; FSQ takes the paper's levels for it (4096: 7,5,5,5,5, 4375 codes)")
     parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
     parser.add_argument("--oracle-steps", type=int, default=1000)
     parser.add_argument("--lm-steps", type=int, default=1200)
@@ -92,17 +104,21 @@ def main():
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
         args.seeds = 1
-    if set(quantizers) - set(NAMES):
-        parser.error(f"unknown quantizers {sorted(set(quantizers) - set(NAMES))}: use some of {', '.join(NAMES)}")
+    if set(quantizers) - set(KINDS):
+        parser.error(f"unknown quantizers {sorted(set(quantizers) - set(KINDS))}: use some of {', '.join(KINDS)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
+    if args.codebook_size not in fsq.RECOMMENDED_LEVELS:
+        parser.error(f"--codebook-size {args.codebook_size} has no recommended FSQ levels: use one of "
+                     + ", ".join(map(str, fsq.RECOMMENDED_LEVELS)))
+    name = names(args.codebook_size)
     workdir = Path(args.workdir)
     everything = {}
     for task in args.tasks.split(","):
-        results = {NAMES[q]: pipeline(workdir / f"{task}-{q}", task, q, args) for q in quantizers}
+        results = {name[q]: pipeline(workdir / f"{task}-{q}", task, q, args) for q in quantizers}
         if args.context_ablation and task == "panoptic":
             for q in ("fsq", "vq-split"):
-                results[f"{NAMES[q]}, no context"] = pipeline(workdir / f"{task}-{q}-no-context", task, q, args,
+                results[f"{name[q]}, no context"] = pipeline(workdir / f"{task}-{q}-no-context", task, q, args,
                                                               context=False)
         everything[task] = results
         print(table(task, results, args.seeds) + "\n", flush=True)
