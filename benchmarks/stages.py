@@ -37,9 +37,7 @@ def train(run: Path, *args) -> None:
     if done is None or done[0] < done[1]:
         fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
     if not record.exists():
-        tmp = record.with_suffix(".tmp")
-        tmp.write_text(json.dumps(wanted))
-        tmp.replace(record)
+        checkpoint.write_atomic(record, json.dumps(wanted).encode())
 
 
 def seconds(run: Path) -> float:

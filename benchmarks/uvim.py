@@ -22,9 +22,12 @@ import numpy as np
 from stages import fsq_cli, seconds, train
 
 from fsq_ref import fsq
+from fsq_ref.cli_uvim import UVIM_QUANTIZERS
+from fsq_ref.errors import InputError
 
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
-KINDS = ("fsq", "vq-split", "vq-nosplit", "vq")
+NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
+                    "independent_usage")
 
 
 def names(codebook_size: int) -> dict[str, str]:
@@ -33,8 +36,6 @@ def names(codebook_size: int) -> dict[str, str]:
     return {"fsq": f"FSQ [{','.join(map(str, levels))}] ({math.prod(levels)})",
             "vq-split": f"VQ-split {codebook_size}", "vq-nosplit": f"VQ-no-split {codebook_size}",
             "vq": f"VQ {codebook_size} (codebook loss)"}
-NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
-                    "independent_usage")
 
 
 def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
@@ -89,7 +90,7 @@ def main():
     parser.add_argument("--workdir", default="runs/bench-uvim")
     parser.add_argument("--data", default="scenes")
     parser.add_argument("--tasks", default="depth,colorization,panoptic")
-    parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(KINDS))
+    parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(UVIM_QUANTIZERS))
     parser.add_argument("--codebook-size", type=int, default=4096,
                         help="VQ's codebook size; FSQ takes the paper's levels for it (4096: 7,5,5,5,5, 4375 codes)")
     parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
@@ -104,14 +105,15 @@ def main():
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
         args.seeds = 1
-    if set(quantizers) - set(KINDS):
-        parser.error(f"unknown quantizers {sorted(set(quantizers) - set(KINDS))}: use some of {', '.join(KINDS)}")
+    unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
+    if unknown:
+        parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
     if args.seeds < 1:
         parser.error("--seeds must be >= 1")
-    if args.codebook_size not in fsq.RECOMMENDED_LEVELS:
-        parser.error(f"--codebook-size {args.codebook_size} has no recommended FSQ levels: use one of "
-                     + ", ".join(map(str, fsq.RECOMMENDED_LEVELS)))
-    name = names(args.codebook_size)
+    try:
+        name = names(args.codebook_size)
+    except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
+        parser.error(f"--codebook-size: {e}")
     workdir = Path(args.workdir)
     everything = {}
     for task in args.tasks.split(","):
