@@ -45,11 +45,11 @@ def seconds(run: Path) -> float:
     return max(json.loads(line).get("seconds", 0.0) for line in open(Path(run) / "metrics.jsonl"))
 
 
-def mean_std(values: list[float], fmt: str) -> str:
-    """One value as it is; several as "mean ± sample std"."""
+def mean_std(values: list[float], fmt: str, std_fmt: str | None = None) -> str:
+    """One value as it is; several as "mean ± sample std" (the std formatted with `std_fmt`, default `fmt`)."""
     if len(values) == 1:
         return format(values[0], fmt)
-    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), fmt)}"
+    return f"{format(statistics.mean(values), fmt)} ± {format(statistics.stdev(values), std_fmt or fmt)}"
 
 
 def sample_quality(classifier, real: np.ndarray, maskgit_dir: Path, tokenizer_dir: Path, per_class: int, *,

@@ -15,13 +15,12 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
-import numpy as np
+from stages import fsq_cli, mean_std, seconds, train
 
-from stages import fsq_cli, seconds, train
-
-from fsq_ref import fsq
+from fsq_ref import fsq, runs
 from fsq_ref.cli_uvim import UVIM_QUANTIZERS
 from fsq_ref.errors import InputError
 
@@ -39,47 +38,46 @@ def names(codebook_size: int) -> dict[str, str]:
 
 
 def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
-    """One oracle and `args.seeds` stage IIs on it: {"rows": [eval rows per seed], "seconds": {...}}."""
+    """One oracle and `args.seeds` stage IIs on it: {"eval": `fsq eval` of the oracle (its rows and the trivial
+    baseline's), "stage II": [each seed's final held-out evaluation, which `fsq train` logs], "seconds": {...}}."""
     oracle = folder / "oracle"
     train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
           args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
           args.oracle_steps, *([] if context else ["--no-context"]))
-    rows, lm_seconds = [], []
+    if not (oracle / "eval-test.json").exists():
+        fsq_cli("eval", "--workdir", oracle, "--task", task)
+    stage2, lm_seconds = [], []
     for seed in range(args.seeds):
         lm = folder / f"lm-seed{seed}"
         train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
               "--eval-every", args.lm_steps, "--seed", seed)
-        if not (lm / "eval-test.json").exists():
-            fsq_cli("eval", "--workdir", lm, "--task", task)
-        rows.append(json.loads((lm / "eval-test.json").read_text()))
+        # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split).
+        stage2.append({k: v for k, v in runs.last_evaluation(lm).items() if k not in ("step", "split")})
         lm_seconds.append(seconds(lm))
-    return {"rows": rows, "seconds": {"oracle": seconds(oracle), "stage II": lm_seconds}}
+    return {"eval": json.loads((oracle / "eval-test.json").read_text()), "stage II": stage2,
+            "seconds": {"oracle": seconds(oracle), "stage II": lm_seconds}}
 
 
-def mean_std(values) -> str:
-    values = np.asarray(values, np.float64)
-    if len(values) == 1:
-        return f"{values[0]:.4g}"
-    return f"{values.mean():.4g} ± {values.std(ddof=1):.2g}"
+def cell(values) -> str:
+    return mean_std(values, ".4g", std_fmt=".2g")
 
 
 def table(task: str, results: dict, seeds: int) -> str:
     """Markdown: a row per bottleneck (oracle and stage II side by side) and one for the trivial baseline."""
-    first = next(iter(results.values()))["rows"][0]
-    metrics = [k for k in first["stage II"] if k not in NOT_TASK_METRICS]
+    first = next(iter(results.values()))
+    metrics = [k for k in first["stage II"][0] if k not in NOT_TASK_METRICS]
     head = ("| bottleneck | " + " | ".join(f"oracle {m}" for m in metrics) + " | "
             + " | ".join(f"stage II {m}" for m in metrics)
             + " | oracle usage | stage-II usage | token accuracy | seconds (oracle + stage II) |")
     lines = [f"### {task} (stage II: mean ± std over {seeds} seed{'s' * (seeds > 1)})", "", head,
              "|---|" + "---:|" * (2 * len(metrics) + 4)]
-    baseline = " | ".join(f"{first['trivial baseline'][m]:.4g}" for m in metrics)
+    baseline = " | ".join(f"{first['eval']['trivial baseline'][m]:.4g}" for m in metrics)
     lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - |")
     for name, result in results.items():
-        oracle = result["rows"][0]["oracle (stage I)"]
-        stage2 = [r["stage II"] for r in result["rows"]]
-        cells = ([f"{oracle[m]:.4g}" for m in metrics] + [mean_std([r[m] for r in stage2]) for m in metrics]
-                 + [f"{oracle['usage']:.1%}", mean_std([100 * r["usage"] for r in stage2]) + "%",
-                    mean_std([100 * r["token_accuracy"] for r in stage2]) + "%",
+        oracle, stage2 = result["eval"]["oracle (stage I)"], result["stage II"]
+        cells = ([f"{oracle[m]:.4g}" for m in metrics] + [cell([r[m] for r in stage2]) for m in metrics]
+                 + [f"{oracle['usage']:.1%}", cell([100 * r["usage"] for r in stage2]) + "%",
+                    cell([100 * r["token_accuracy"] for r in stage2]) + "%",
                     f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -117,13 +115,16 @@ def main():
     workdir = Path(args.workdir)
     everything = {}
     for task in args.tasks.split(","):
+        start = time.monotonic()
         results = {name[q]: pipeline(workdir / f"{task}-{q}", task, q, args) for q in quantizers}
         if args.context_ablation and task == "panoptic":
             for q in ("fsq", "vq-split"):
                 results[f"{name[q]}, no context"] = pipeline(workdir / f"{task}-{q}-no-context", task, q, args,
                                                               context=False)
         everything[task] = results
-        print(table(task, results, args.seeds) + "\n", flush=True)
+        minutes = (time.monotonic() - start) / 60  # wall time, evaluations and stages reused from WORKDIR included
+        print(table(task, results, args.seeds) + f"\n\n{task}: {minutes:.1f} minutes wall time in this call\n",
+              flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(everything, indent=2))
     print("command: python benchmarks/uvim.py " + " ".join(sys.argv[1:]))

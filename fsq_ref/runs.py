@@ -92,7 +92,9 @@ def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = No
     return tokenizer.evaluate(model, qstate, ds), spec, len(ds)
 
 
-def _last_evaluation(workdir: Path) -> dict | None:
+def last_evaluation(workdir) -> dict | None:
+    """The last held-out evaluation that `workdir`'s metrics.jsonl records (None if there is none)."""
+    workdir = Path(workdir)
     path = workdir / "metrics.jsonl"
     if not path.exists():
         return None
@@ -137,7 +139,7 @@ def describe(workdir) -> dict:
     if kind == "uvim-lm":
         info["oracle"] = task["oracle_dir"]
     info["checkpoint sha256"] = header.get("sha256", "")[:12]
-    last = _last_evaluation(workdir)
+    last = last_evaluation(workdir)
     if last is not None:
         info["last evaluation"] = "  ".join(
             f"{k} {v:.4g}" for k, v in last.items() if k not in ("split",) and isinstance(v, (int, float)))
