@@ -4,9 +4,12 @@ trained with N seeds on one oracle and reported as mean +- standard deviation (s
 usage of the oracle's and of stage II's codes on the test split; the trivial baseline. `--context-ablation` adds the
 paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
 
-Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed, each for a fixed
-number of steps of batch 32 (equal budgets across bottlenecks), then `fsq eval`. Finished stages in WORKDIR are
-reused. Prints one Markdown table per task and writes WORKDIR/results.json.
+Each pipeline runs the CLI: `fsq train uvim-oracle` and `fsq eval` of it (the oracle's and the trivial baseline's
+rows), then `fsq train uvim-lm --seed S` for each seed (its final evaluation is the stage-II row), each for a fixed
+number of steps of batch 32 (equal budgets across bottlenecks). Finished stages in WORKDIR are reused. Prints one
+Markdown table per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code),
+FSQ [8,5,5,5] (1000 codes) against VQs of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a
+1000-code FSQ oracle uses over 95% of its codes, where a 4375-code one did not (BENCHMARKS.md, session 9).
 
     python benchmarks/uvim.py [--quick] [--seeds 3] [--context-ablation] [--tasks depth,colorization,panoptic]
 """
@@ -89,12 +92,13 @@ def main():
     parser.add_argument("--data", default="scenes")
     parser.add_argument("--tasks", default="depth,colorization,panoptic")
     parser.add_argument("--quantizers", default=",".join(QUANTIZERS), help="from: " + ", ".join(UVIM_QUANTIZERS))
-    parser.add_argument("--codebook-size", type=int, default=4096,
-                        help="VQ's codebook size; FSQ takes the paper's levels for it (4096: 7,5,5,5,5, 4375 codes)")
+    parser.add_argument("--codebook-size", type=int, default=1024,
+                        help="VQ's codebook size; FSQ takes the paper's levels for it (1024: 8,5,5,5, 1000 codes; "
+                             "the paper's 4096: 7,5,5,5,5, 4375 codes)")
     parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
-    parser.add_argument("--oracle-steps", type=int, default=1000)
-    parser.add_argument("--lm-steps", type=int, default=1200)
-    parser.add_argument("--oracle-preset", default="quick")
+    parser.add_argument("--oracle-steps", type=int, default=600)
+    parser.add_argument("--lm-steps", type=int, default=1500)
+    parser.add_argument("--oracle-preset", default="quick-8x8", help="quick-8x8: a 64-token code; quick: 16 tokens")
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")

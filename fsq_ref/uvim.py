@@ -21,8 +21,9 @@ tokens; stage II's input vocabulary shifts codes by one to free 0 as the start s
 the offset exists).
 
 Our stage I is convolutional (the `nets` encoder/decoder) rather than UViM's ViT: at 32x32 pixels a conv net trains
-far faster on a CPU. The code is short, as UViM's: 4x4 = 16 tokens for a 32x32 image here (one per 8x8 pixels),
-16x16 = 256 tokens for 512x512 in UViM's panoptic model (one per 32x32); see `ORACLE_PRESETS`.
+far faster on a CPU. The code is short, as UViM's: 8x8 = 64 tokens for a 32x32 image with the `quick-8x8` preset
+(one per 4x4 pixels; 4x4 = 16 with `quick`), 16x16 = 256 tokens for 512x512 in UViM's models (one per 32x32); see
+`presets.ORACLE`.
 
 Legend: B batch, H W image size, Cc context channels, Ct target channels, O output channels, h w code grid,
 S = h*w code length, D code dimension, K codebook size, P image patches, F transformer width.
