@@ -54,8 +54,13 @@ def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True
         lm = folder / f"lm-seed{seed}"
         train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
               "--eval-every", args.lm_steps, "--seed", seed)
-        # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split).
-        stage2.append({k: v for k, v in runs.last_evaluation(lm).items() if k not in ("step", "split")})
+        # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split); a
+        # run stopped after its last checkpoint but before that evaluation is evaluated here instead.
+        last = runs.last_evaluation(lm)
+        if last is None or last["step"] < args.lm_steps:
+            fsq_cli("eval", "--workdir", lm)
+            last = json.loads((lm / "eval-test.json").read_text())["stage II"]
+        stage2.append({k: v for k, v in last.items() if k not in ("step", "split")})
         lm_seconds.append(seconds(lm))
     return {"eval": json.loads((oracle / "eval-test.json").read_text()), "stage II": stage2,
             "seconds": {"oracle": seconds(oracle), "stage II": lm_seconds}}

@@ -40,11 +40,12 @@ def stage2_predict(lm: GuidingCodeLM, oracle: Oracle, qstate, task, batch: dict,
     """The full model: image -> stage II code -> stage I decoder with the image -> (prediction dict, code [B, S])."""
     context = task.context(batch)
     code = generate_code(lm, context, key, temperature=temperature)
-    return _decode_and_predict(oracle, qstate, task, code, context), code
+    return decode_and_predict(oracle, qstate, task, code, context), code
 
 
 @eqx.filter_jit
-def _decode_and_predict(oracle, qstate, task, code, context):
+def decode_and_predict(oracle: Oracle, qstate, task, code, context) -> dict:
+    """Stage I's decoder on a given code [B, S] with the input: the task's prediction dict."""
     return task.predict(decode_code(oracle, qstate, code, context))
 
 

@@ -1,6 +1,8 @@
 """The UViM commands end to end on the tiny presets and generated scenes: train both stages, predict, evaluate."""
 
 import json
+import sys
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsq_ref import uvim_train
+from fsq_ref import runs, uvim_train
 from test_cli import assert_bad_input, invoke
 
 DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
@@ -68,6 +70,19 @@ def test_eval_reports_stage_two_oracle_and_baseline(lm, tmp_path):
     for row in ("stage II", "oracle (stage I)", "trivial baseline"):
         assert row in result.output and 0 <= rows[row]["pq"] <= 100
     assert 0 <= rows["stage II"]["token_accuracy"] <= 1
+
+
+def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_against_chance(lm):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import uvim_tokens
+
+    row = uvim_tokens.analyse(str(lm), limit=16, seed=0)
+    rows = runs.evaluate(lm, limit=16)[0]  # `fsq eval`'s rows for the same examples
+    assert row["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
+    # The script's own decoding of the oracle's and stage II's codes gives eval's metrics.
+    for name, eval_row in (("oracle", "oracle (stage I)"), ("stage II", "stage II")):
+        assert row["metrics"][name]["pq"] == pytest.approx(rows[eval_row]["pq"])
+    assert row["distance ratio"] > 0 and 0 <= row["one step (chance)"] <= 1 and 0 <= row["one step"] <= 1
 
 
 @pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split"]),

@@ -1,0 +1,100 @@
+"""Where a UViM stage II's wrong tokens land, and what they cost: a check of why a stage II with lower token accuracy
+can still decode to a better prediction.
+
+For each stage-II folder, on the test split (greedy decoding, as `fsq eval`):
+
+- token accuracy against its oracle's codes;
+- over the wrong tokens, the mean distance between the predicted and the right code vector (the vectors the oracle's
+  decoder reads: FSQ's grid points, VQ's codewords), over the same mean for chance: the right code against one drawn
+  from the oracle's own code distribution (a shuffle of the test codes). 1 means no closer than chance;
+- for FSQ, the share of wrong tokens one grid step from the right one (one channel off by one level), and that share
+  for chance;
+- the task metric of three codes through the same decoder: the oracle's, stage II's, and the oracle's with exactly
+  stage II's wrong positions replaced by chance codes. Stage II's against the last separates how many tokens are
+  wrong from where the wrong ones land.
+
+    python benchmarks/uvim_tokens.py runs/bench-uvim/depth-fsq/lm-seed0 runs/bench-uvim/depth-vq-split/lm-seed0
+"""
+
+import argparse
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+
+from fsq_ref import fsq, runs, uvim_eval
+from fsq_ref.errors import InputError
+
+
+class WithCodes:
+    """A dataset whose batches carry a given code per example (`uvim_eval.run_over` reads only len() and batch())."""
+
+    def __init__(self, ds, codes: np.ndarray):
+        self.ds, self.codes = ds, codes
+
+    def __len__(self):
+        return len(self.ds)
+
+    def batch(self, idx):
+        return {**self.ds.batch(idx), "code": jnp.asarray(self.codes[idx])}
+
+
+def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, float]:
+    """The task metric of the oracle's decoder on `codes` [N, S] (with each example's input)."""
+    predictions, _ = uvim_eval.run_over(WithCodes(ds, codes), lambda b: (
+        uvim_eval.decode_and_predict(oracle, qstate, task, b["code"], task.context(b)), b["code"]))
+    return uvim_eval.score(task, ds, predictions)
+
+
+def analyse(folder: str, limit: int | None, seed: int) -> dict:
+    lm, oracle, qstate, task, header = runs.uvim_models(folder)
+    if lm is None:
+        raise InputError(f"{folder} is a stage-I folder: give stage-II folders (`fsq train uvim-lm`)")
+    ds = runs.dense_data(header, None, None, "test", limit)
+    _, truth = uvim_eval.predict(None, oracle, qstate, task, ds)
+    _, guess = uvim_eval.predict(lm, oracle, qstate, task, ds)
+    chance = np.random.default_rng(seed).permutation(truth.ravel()).reshape(truth.shape)
+    wrong = guess != truth
+    vectors = lambda idx: np.asarray(oracle.quantizer.indices_to_codes(jnp.asarray(idx), qstate))
+    right_vec = vectors(truth[wrong])
+    distance = lambda other: float(np.mean(np.linalg.norm(vectors(other) - right_vec, axis=-1)))
+    row = {"token accuracy": float(np.mean(~wrong)),
+           "distance ratio": distance(guess[wrong]) / distance(chance[wrong])}
+    if isinstance(oracle.quantizer, fsq.FSQ):
+        half = np.asarray([l // 2 for l in oracle.quantizer.levels], np.float32)
+
+        def one_step(other):  # one channel differs by one level, the others agree
+            steps = np.abs(np.round((vectors(other) - right_vec) * half))
+            return float(np.mean(steps.sum(axis=-1) == 1))
+
+        row.update({"one step": one_step(guess[wrong]), "one step (chance)": one_step(chance[wrong])})
+    corrupted = np.where(wrong, chance, truth)
+    row["metrics"] = {name: decoded_metric(oracle, qstate, task, ds, codes)
+                      for name, codes in (("oracle", truth), ("stage II", guess), ("chance at wrong", corrupted))}
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", help="stage-II folders (`fsq train uvim-lm`)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N test examples")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle that draws chance codes")
+    args = parser.parse_args()
+    try:
+        rows = {folder: analyse(folder, args.limit, args.seed) for folder in args.folders}
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    metric = next(iter(next(iter(rows.values()))["metrics"]["oracle"]))  # the task's first metric (RMSE, PQ, PSNR)
+    print(f"| stage II | token accuracy | wrong tokens: distance / chance | FSQ: one step off (chance) | "
+          f"{metric}: oracle code | stage II code | oracle code, chance at stage II's wrong tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for folder, row in rows.items():
+        one_step = (f"{row['one step']:.1%} ({row['one step (chance)']:.1%})" if "one step" in row else "-")
+        m = row["metrics"]
+        print(f"| {folder} | {row['token accuracy']:.1%} | {row['distance ratio']:.2f} | {one_step} | "
+              f"{m['oracle'][metric]:.4g} | {m['stage II'][metric]:.4g} | {m['chance at wrong'][metric]:.4g} |")
+    print("command: python benchmarks/uvim_tokens.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
