@@ -28,8 +28,8 @@ from fsq_ref.cli_uvim import UVIM_QUANTIZERS
 from fsq_ref.errors import InputError
 
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
-NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "total_correlation_bits",
-                    "independent_usage")
+NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "heldout_loss",
+                    "total_correlation_bits", "independent_usage")
 
 
 def names(codebook_size: int) -> dict[str, str]:
@@ -76,16 +76,18 @@ def table(task: str, results: dict, seeds: int) -> str:
     metrics = [k for k in first["stage II"][0] if k not in NOT_TASK_METRICS]
     head = ("| bottleneck | " + " | ".join(f"oracle {m}" for m in metrics) + " | "
             + " | ".join(f"stage II {m}" for m in metrics)
-            + " | oracle usage | stage-II usage | token accuracy | seconds (oracle + stage II) |")
+            + " | oracle usage | stage-II usage | token accuracy | stage-II held-out loss | seconds (oracle + stage II) |")
     lines = [f"### {task} (stage II: mean ± std over {seeds} seed{'s' * (seeds > 1)})", "", head,
-             "|---|" + "---:|" * (2 * len(metrics) + 4)]
+             "|---|" + "---:|" * (2 * len(metrics) + 5)]
     baseline = " | ".join(f"{first['eval']['trivial baseline'][m]:.4g}" for m in metrics)
-    lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - |")
+    lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - | - |")
     for name, result in results.items():
         oracle, stage2 = result["eval"]["oracle (stage I)"], result["stage II"]
         cells = ([f"{oracle[m]:.4g}" for m in metrics] + [cell([r[m] for r in stage2]) for m in metrics]
                  + [f"{oracle['usage']:.1%}", cell([100 * r["usage"] for r in stage2]) + "%",
                     cell([100 * r["token_accuracy"] for r in stage2]) + "%",
+                    # runs made before stage II logged its held-out loss have none
+                    cell([r["heldout_loss"] for r in stage2]) if all("heldout_loss" in r for r in stage2) else "-",
                     f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -26,22 +26,9 @@ from fsq_ref import fsq, runs, uvim_eval
 from fsq_ref.errors import InputError
 
 
-class WithCodes:
-    """A dataset whose batches carry a given code per example (`uvim_eval.run_over` reads only len() and batch())."""
-
-    def __init__(self, ds, codes: np.ndarray):
-        self.ds, self.codes = ds, codes
-
-    def __len__(self):
-        return len(self.ds)
-
-    def batch(self, idx):
-        return {**self.ds.batch(idx), "code": jnp.asarray(self.codes[idx])}
-
-
 def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, float]:
     """The task metric of the oracle's decoder on `codes` [N, S] (with each example's input)."""
-    predictions, _ = uvim_eval.run_over(WithCodes(ds, codes), lambda b: (
+    predictions, _ = uvim_eval.run_over(uvim_eval.CodedData(ds, codes), lambda b: (
         uvim_eval.decode_and_predict(oracle, qstate, task, b["code"], task.context(b)), b["code"]))
     return uvim_eval.score(task, ds, predictions)
 

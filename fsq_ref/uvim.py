@@ -167,6 +167,12 @@ def shift_right(code: Int[Array, "B S"]) -> Int[Array, "B S"]:
     return jnp.concatenate([jnp.full_like(code[:, :1], START), code[:, :-1] + 1], axis=1)
 
 
+def code_nll(logits: Float[Array, "B S K"], code: Int[Array, "B S"]) -> Float[Array, "B S"]:
+    """Stage II's loss per token: the cross-entropy (nats) of each code token under the logits, in float32."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32))
+    return -jnp.take_along_axis(log_p, code[..., None], axis=-1)[..., 0]
+
+
 class GuidingCodeLM(eqx.Module):
     """Stage II: a ViT encoder over the input's patches; a causal decoder with cross-attention predicts the code."""
 

@@ -11,13 +11,14 @@ Legend: B batch, S code length, K codebook size.
 from typing import Callable
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from fsq_ref import data, dense, dense_tasks, fsq, metrics
 from fsq_ref.images import grid, save_png
-from fsq_ref.uvim import GuidingCodeLM, Oracle, decode_code, encode_target, generate_code
+from fsq_ref.uvim import GuidingCodeLM, Oracle, code_nll, decode_code, encode_target, generate_code, shift_right
 
 EVAL_BATCH = 256
 PICTURE_COUNT = 12
@@ -47,6 +48,32 @@ def stage2_predict(lm: GuidingCodeLM, oracle: Oracle, qstate, task, batch: dict,
 def decode_and_predict(oracle: Oracle, qstate, task, code, context) -> dict:
     """Stage I's decoder on a given code [B, S] with the input: the task's prediction dict."""
     return task.predict(decode_code(oracle, qstate, code, context))
+
+
+class CodedData:
+    """A dataset whose batches also carry each example's guiding code (`batch(idx)["code"]`, int32 [B, S]): stage II's
+    training and held-out batches, or given codes to decode. Has what `run_over` and the training loop read."""
+
+    def __init__(self, ds: dense.DenseData, codes: np.ndarray):
+        self.ds, self.codes = ds, np.asarray(codes, np.int32)
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def batch(self, idx) -> dict:
+        return {**self.ds.batch(idx), "code": self.codes[idx]}
+
+
+@eqx.filter_jit
+def _token_nll(lm: GuidingCodeLM, task, batch: dict):
+    logits = jax.vmap(lambda c, i: lm(c, i, inference=True))(task.context(batch), shift_right(batch["code"]))
+    return code_nll(logits, batch["code"])
+
+
+def heldout_loss(lm: GuidingCodeLM, task, ds: CodedData) -> float:
+    """Stage II's training loss on `ds`'s codes (teacher-forced mean cross-entropy, nats per token; no dropout)."""
+    nll, _ = run_over(ds, lambda b: ({"nll": _token_nll(lm, task, b)}, b["code"]))
+    return float(np.mean(nll["nll"]))
 
 
 def run_over(ds: dense.DenseData, predict: Callable[[dict], tuple[dict, object]], batch_size: int = EVAL_BATCH):
@@ -94,15 +121,16 @@ def predict(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.
 def evaluate(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.DenseTask,
              ds: dense.DenseData) -> dict[str, dict[str, float]]:
     """{row: metrics}: the task metric and codebook usage of stage II (with its token accuracy against the oracle's
-    codes; when `lm` is given), of the oracle (with where FSQ's unused codes come from, `metrics.channel_stats`), and
-    the task metric of the trivial baseline. Greedy decoding."""
+    codes and its held-out loss on them; when `lm` is given), of the oracle (with where FSQ's unused codes come from,
+    `metrics.channel_stats`), and the task metric of the trivial baseline. Greedy decoding."""
     size = oracle.quantizer.codebook_size
     rows = {}
     oracle_preds, oracle_codes_ = predict(None, oracle, qstate, task, ds)
     if lm is not None:
         preds, codes = predict(lm, oracle, qstate, task, ds)
         rows["stage II"] = {**score(task, ds, preds), **code_usage(codes, size),
-                            "token_accuracy": float(np.mean(codes == oracle_codes_))}
+                            "token_accuracy": float(np.mean(codes == oracle_codes_)),
+                            "heldout_loss": heldout_loss(lm, task, CodedData(ds, oracle_codes_))}
     rows["oracle (stage I)"] = {**score(task, ds, oracle_preds), **code_usage(oracle_codes_, size)}
     if isinstance(oracle.quantizer, fsq.FSQ):
         channels = metrics.channel_stats(np.bincount(oracle_codes_.ravel(), minlength=size), oracle.quantizer.levels)

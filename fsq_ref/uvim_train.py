@@ -7,7 +7,8 @@ cosine schedule.
 
 Evaluation during training runs over the whole test split (`uvim_eval`) and reports the task's metric
 (`dense_tasks`), the codebook usage of the codes involved, and, for stage II, the token accuracy against the oracle's
-codes.
+codes and the held-out loss (training's loss on the test split's codes: the curve that says whether stage II has
+converged).
 
 Legend: B batch, N examples, S code length, K codebook size.
 """
@@ -25,8 +26,9 @@ import optax
 from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
-from fsq_ref.uvim import GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, shift_right
-from fsq_ref.uvim_eval import code_usage, oracle_codes, oracle_predict, picture, run_over, score, stage2_predict
+from fsq_ref.uvim import GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll, shift_right
+from fsq_ref.uvim_eval import (CodedData, code_usage, heldout_loss, oracle_codes, oracle_predict, picture, run_over,
+                               score, stage2_predict)
 
 
 class OracleState(eqx.Module):
@@ -95,9 +97,7 @@ def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = 
         def loss_fn(model: GuidingCodeLM):
             model = precision.cast(model, compute)
             logits = jax.vmap(lambda c, i, k: model(c, i, key=k))(context, shift_right(code), keys)
-            logits = logits.astype(jnp.float32)
-            log_p = jax.nn.log_softmax(logits)
-            return -jnp.mean(jnp.take_along_axis(log_p, code[..., None], axis=-1)), logits
+            return jnp.mean(code_nll(logits, code)), logits
 
         (loss, logits), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
         model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr)
@@ -174,9 +174,9 @@ class LMTask:
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}
         self.step = make_lm_step(self.task, weight_decay, dtype)
-        codes = codes.astype(np.int32)
-        self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start,
-                                                       lambda idx: {**train_ds.batch(idx), "code": codes[idx]})
+        train_coded = CodedData(train_ds, codes)
+        self.test_coded = CodedData(test_ds, self.test_codes)
+        self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
 
     def init_state(self, key) -> LMState:
         return init_lm_state(self.config, self.oracle_config, self.task, self.weight_decay, key=key)
@@ -192,7 +192,8 @@ class LMTask:
             self.test_ds, lambda b: stage2_predict(state.model, self.oracle, self.qstate, self.task, b, jr.key(0)))
         picture(workdir / "predictions.png", self.task, self.test_ds, predictions)
         return {**score(self.task, self.test_ds, predictions), **code_usage(codes, self.codebook_size),
-                "token_accuracy": float(np.mean(codes == self.test_codes))}
+                "token_accuracy": float(np.mean(codes == self.test_codes)),
+                "heldout_loss": heldout_loss(state.model, self.task, self.test_coded)}
 
 
 def load_oracle(workdir) -> tuple[Oracle, object, dense_tasks.DenseTask, dict]:

@@ -43,12 +43,12 @@ def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_ov
     import uvim as uvim_bench
 
     oracle = {"rmse": 0.25, "usage": 0.97, "perplexity": 900.0}
-    seeds = [{"rmse": 1.0, "usage": 0.5, "token_accuracy": 0.2, "perplexity": 400.0},
-             {"rmse": 2.0, "usage": 0.7, "token_accuracy": 0.4, "perplexity": 500.0}]
+    seeds = [{"rmse": 1.0, "usage": 0.5, "token_accuracy": 0.2, "heldout_loss": 3.0, "perplexity": 400.0},
+             {"rmse": 2.0, "usage": 0.7, "token_accuracy": 0.4, "heldout_loss": 3.5, "perplexity": 500.0}]
     results = {"FSQ": {"eval": {"oracle (stage I)": oracle, "trivial baseline": {"rmse": 3.5}}, "stage II": seeds,
                        "seconds": {"oracle": 100.0, "stage II": [10.0, 20.0]}}}
     lines = uvim_bench.table("depth", results, seeds=2).splitlines()
     assert lines[2] == ("| bottleneck | oracle rmse | stage II rmse | oracle usage | stage-II usage | "
-                        "token accuracy | seconds (oracle + stage II) |")  # perplexity is not a task metric
-    assert lines[4] == "| trivial baseline | 3.5 | 3.5 | - | - | - | - |"
-    assert lines[5] == "| FSQ | 0.25 | 1.5 ± 0.71 | 97.0% | 60 ± 14% | 30 ± 14% | 100 + 30 |"
+                        "token accuracy | stage-II held-out loss | seconds (oracle + stage II) |")  # not perplexity
+    assert lines[4] == "| trivial baseline | 3.5 | 3.5 | - | - | - | - | - |"
+    assert lines[5] == "| FSQ | 0.25 | 1.5 ± 0.71 | 97.0% | 60 ± 14% | 30 ± 14% | 3.25 ± 0.35 | 100 + 30 |"

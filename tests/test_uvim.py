@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fsq_ref import dense, dense_metrics, dense_tasks, presets, uvim, uvim_train
+from fsq_ref import dense, dense_metrics, dense_tasks, presets, uvim, uvim_eval, uvim_train
 from fsq_ref.errors import InputError
 from fsq_ref.quantizers import QuantizerConfig
 
@@ -141,6 +141,21 @@ def test_greedy_decoding_agrees_with_teacher_forcing(key, scenes):
     np.testing.assert_array_equal(np.asarray(jnp.argmax(logits, axis=-1)), np.asarray(code))
     sampled = uvim.generate_code(lm, context, jr.key(3), temperature=1.0)
     assert sampled.shape == code.shape and int(sampled.max()) < 50
+
+
+def test_the_held_out_loss_is_the_training_loss_without_an_update(scenes):
+    task = dense_tasks.make("depth", scenes)
+    state = uvim_train.init_lm_state(presets.LM["tiny"], TINY, task, 1e-4, key=jr.key(0))
+    codes = np.asarray(jr.randint(jr.key(1), (len(scenes), 16), 0, 4375), np.int32)
+    coded = uvim_eval.CodedData(scenes, codes)
+    held_out = uvim_eval.heldout_loss(state.model, task, coded)
+    # Equal logits give every code probability 1 / K.
+    flat = eqx.tree_at(lambda m: (m.head.weight, m.head.bias), state.model, replace_fn=jnp.zeros_like)
+    assert uvim_eval.heldout_loss(flat, task, coded) == pytest.approx(math.log(4375), rel=1e-6)
+    # One batch of all the examples: the step's loss is taken before its update (the tiny preset has no dropout).
+    _, stats, _ = uvim_train.make_lm_step(task, 1e-4)(state, coded.batch(np.arange(len(scenes))), jr.key(2),
+                                                      jnp.float32(1e-3))
+    assert held_out == pytest.approx(float(stats["loss"]), rel=1e-5)
 
 
 def test_task_heads(task, scenes):
