@@ -38,8 +38,9 @@ def analyse(folder: str, limit: int | None, seed: int) -> dict:
     if lm is None:
         raise InputError(f"{folder} is a stage-I folder: give stage-II folders (`fsq train uvim-lm`)")
     ds = runs.dense_data(header, None, None, "test", limit)
-    _, truth = uvim_eval.predict(None, oracle, qstate, task, ds)
-    _, guess = uvim_eval.predict(lm, oracle, qstate, task, ds)
+    print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
+    oracle_preds, truth = uvim_eval.predict(None, oracle, qstate, task, ds)
+    stage2_preds, guess = uvim_eval.predict(lm, oracle, qstate, task, ds)
     chance = np.random.default_rng(seed).permutation(truth.ravel()).reshape(truth.shape)
     wrong = guess != truth
     vectors = lambda idx: np.asarray(oracle.quantizer.indices_to_codes(jnp.asarray(idx), qstate))
@@ -55,9 +56,9 @@ def analyse(folder: str, limit: int | None, seed: int) -> dict:
             return float(np.mean(steps.sum(axis=-1) == 1))
 
         row.update({"one step": one_step(guess[wrong]), "one step (chance)": one_step(chance[wrong])})
-    corrupted = np.where(wrong, chance, truth)
-    row["metrics"] = {name: decoded_metric(oracle, qstate, task, ds, codes)
-                      for name, codes in (("oracle", truth), ("stage II", guess), ("chance at wrong", corrupted))}
+    row["metrics"] = {"oracle": uvim_eval.score(task, ds, oracle_preds),
+                      "stage II": uvim_eval.score(task, ds, stage2_preds),
+                      "chance at wrong": decoded_metric(oracle, qstate, task, ds, np.where(wrong, chance, truth))}
     return row
 
 

@@ -170,12 +170,12 @@ class LMTask:
         self.config, self.test_ds, self.weight_decay = config, test_ds, weight_decay
         self.codebook_size = self.oracle_config.quantizer.size
         codes = run_over(train_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
-        self.test_codes = run_over(test_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
+        test_codes = run_over(test_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}
         self.step = make_lm_step(self.task, weight_decay, dtype)
         train_coded = CodedData(train_ds, codes)
-        self.test_coded = CodedData(test_ds, self.test_codes)
+        self.test_coded = CodedData(test_ds, test_codes)
         self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
 
     def init_state(self, key) -> LMState:
@@ -192,7 +192,7 @@ class LMTask:
             self.test_ds, lambda b: stage2_predict(state.model, self.oracle, self.qstate, self.task, b, jr.key(0)))
         picture(workdir / "predictions.png", self.task, self.test_ds, predictions)
         return {**score(self.task, self.test_ds, predictions), **code_usage(codes, self.codebook_size),
-                "token_accuracy": float(np.mean(codes == self.test_codes)),
+                "token_accuracy": float(np.mean(codes == self.test_coded.codes)),
                 "heldout_loss": heldout_loss(state.model, self.task, self.test_coded)}
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsq_ref import runs, uvim_train
+from fsq_ref import runs, uvim_eval, uvim_train
 from test_cli import assert_bad_input, invoke
 
 DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
@@ -79,9 +79,14 @@ def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_again
     row = uvim_tokens.analyse(str(lm), limit=16, seed=0)
     rows = runs.evaluate(lm, limit=16)[0]  # `fsq eval`'s rows for the same examples
     assert row["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
-    # The script's own decoding of the oracle's and stage II's codes gives eval's metrics.
     for name, eval_row in (("oracle", "oracle (stage I)"), ("stage II", "stage II")):
         assert row["metrics"][name]["pq"] == pytest.approx(rows[eval_row]["pq"])
+    # Its decoding of given codes (used for the chance-corrupted ones) gives eval's metric on the oracle's codes.
+    _, oracle, qstate, task, header = runs.uvim_models(lm)
+    ds = runs.dense_data(header, None, None, "test", 16)
+    truth = uvim_eval.predict(None, oracle, qstate, task, ds)[1]
+    decoded = uvim_tokens.decoded_metric(oracle, qstate, task, ds, truth)
+    assert decoded["pq"] == pytest.approx(rows["oracle (stage I)"]["pq"])
     assert row["distance ratio"] > 0 and 0 <= row["one step (chance)"] <= 1 and 0 <= row["one step"] <= 1
 
 
