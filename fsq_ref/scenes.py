@@ -13,7 +13,10 @@ not touching one another. One directional light per scene, from above and behind
 little sensor noise.
 
 Classes (CLASSES): 0 ground and 1 wall are stuff; 2 sphere, 3 box and 4 cylinder are things (THINGS). Colour hints
-at the class (spheres reddish, boxes bluish, cylinders greenish) without fixing it.
+at the class (spheres reddish, boxes bluish, cylinders greenish) without fixing it. Likewise the ground is one of
+four materials, each with its own checker size and hue, and the wall's hue goes with the ground's: the grey picture
+tells the colour of most pixels to within a small jitter, as texture and context do in a photograph (grass is green),
+so colorization has something to learn. Only brightness and saturation are drawn freely.
 
 Depth is the distance along the camera's optical axis (the z of camera coordinates), not the length of the ray; it
 is finite, > 0 and at most 11.03 m (where the wall meets the ground), below MAX_DEPTH.
@@ -42,6 +45,10 @@ THINGS = (2, 3, 4)  # ground and wall are stuff
 MAX_OBJECTS = 4
 _CHUNK = 256  # scenes ray-cast at once: arrays of 256 x P stay in cache, and "scenes:N" is a prefix of "scenes:2N"
 _HUES = np.array([0.0, 0.6, 0.3])  # sphere red, box blue, cylinder green: colour is partly predictable from shape
+_GROUND_CELLS = np.array([0.4, 0.6, 0.8, 1.0])  # checker square side in metres, one per ground material
+_GROUND_HUES = np.array([0.08, 0.3, 0.55, 0.8])  # ochre, green, blue, violet
+_WALL_HUES = np.array([0.6, 0.12, 0.95, 0.4])  # the wall of a room with ground material i has hue _WALL_HUES[i]
+_HUE_JITTER = 0.04
 _AMBIENT = 0.35
 
 
@@ -121,11 +128,12 @@ def _scene_chunk(rng: np.random.Generator, d: np.ndarray) -> tuple[np.ndarray, .
     on_ground = t_ground < t_wall
     depth = np.broadcast_to(np.where(on_ground, t_ground, t_wall), (n, len(d))).copy()
     hit = origin + depth[0, :, None] * d
-    cell = rng.uniform(0.4, 1.0, (n, 1))
+    material = (rng.uniform(0, 1, n) * len(_GROUND_CELLS)).astype(int)
+    cell = _GROUND_CELLS[material][:, None]
     checker = (np.floor(hit[:, 0] / cell) + np.floor(hit[:, 2] / cell)) % 2  # [n, P]
-    ground = _hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.1, 0.4, n), rng.uniform(0.35, 0.6, n))
-    low, high = (_hsv_to_rgb(rng.uniform(0, 1, n), rng.uniform(0.1, 0.3, n), rng.uniform(0.7, 0.95, n))
-                 for _ in range(2))
+    ground = _hsv_to_rgb(_jittered(_GROUND_HUES[material], rng), rng.uniform(0.1, 0.4, n), rng.uniform(0.35, 0.6, n))
+    low, high = (_hsv_to_rgb(_jittered(_WALL_HUES[material], rng), rng.uniform(0.1, 0.3, n),
+                             rng.uniform(0.7, 0.95, n)) for _ in range(2))
     height = np.clip(hit[:, 1] / 5, 0, 1)[None, :, None]  # the wall's colour fades from `low` to `high` upwards
     background = np.where(on_ground[None, :, None],
                           ground[:, None] * (0.85 + 0.3 * checker[..., None]) * _shade(light[:, 1])[:, None, None],
@@ -153,6 +161,11 @@ def _scene_chunk(rng: np.random.Generator, d: np.ndarray) -> tuple[np.ndarray, .
     noise = rng.standard_normal(colour.shape, np.float32) * 2  # a little sensor noise, in 8-bit levels
     images = np.clip(np.rint(colour * 255 + noise), 0, 255).astype(np.uint8)
     return images, depth.astype(np.float32), semantic, slot
+
+
+def _jittered(hue: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """`hue` moved by up to _HUE_JITTER either way, wrapped into [0, 1)."""
+    return (hue + rng.uniform(-_HUE_JITTER, _HUE_JITTER, hue.shape)) % 1
 
 
 def _shade(cos_light: np.ndarray) -> np.ndarray:

@@ -1,5 +1,6 @@
 """Tests for fsq_ref.scenes: the labels agree with the camera and the shapes, worked out by hand from the geometry."""
 
+import colorsys
 import math
 
 import numpy as np
@@ -83,3 +84,24 @@ def test_generate_other_sizes():
 def test_generate_rejects_bad_arguments():
     with pytest.raises(InputError, match="n and size must be >= 1"):
         scenes.generate(0, seed=0, stream=0, size=32)
+
+
+def _hue(rgb):
+    return colorsys.rgb_to_hsv(*rgb)[0]
+
+
+def test_the_ground_material_sets_the_ground_and_wall_hues(generated):
+    """The mean colour of a scene's ground has one of the four ground hues (within the jitter; shading, the checker
+    and the sensor noise scale or average out), and the wall's mean hue is the one paired with that material."""
+    images, _, semantic, _ = generated
+    def nearest(hue, hues):
+        distance = np.abs((hue - hues + 0.5) % 1 - 0.5)
+        return int(distance.argmin()), float(distance.min())
+    materials = []
+    for image, classes in zip(images, semantic):
+        ground, ground_off = nearest(_hue(image[classes == 0].mean(0) / 255), scenes._GROUND_HUES)
+        wall, wall_off = nearest(_hue(image[classes == 1].mean(0) / 255), scenes._WALL_HUES)
+        assert ground_off <= scenes._HUE_JITTER + 0.01 and wall_off <= scenes._HUE_JITTER + 0.01
+        assert wall == ground
+        materials.append(ground)
+    assert set(materials) == set(range(len(scenes._GROUND_CELLS)))
