@@ -167,6 +167,16 @@ def shift_right(code: Int[Array, "B S"]) -> Int[Array, "B S"]:
     return jnp.concatenate([jnp.full_like(code[:, :1], START), code[:, :-1] + 1], axis=1)
 
 
+def teacher_forced_logits(lm: "GuidingCodeLM", context: Float[Array, "B H W Cc"], code: Int[Array, "B S"], *,
+                          key: PRNGKeyArray | None = None) -> Float[Array, "B S K"]:
+    """Stage II's logits for every code token given the tokens before it (teacher forcing): with dropout when `key` is
+    given (training), without it otherwise (evaluation)."""
+    inputs = shift_right(code)
+    if key is None:
+        return jax.vmap(lambda c, i: lm(c, i, inference=True))(context, inputs)
+    return jax.vmap(lambda c, i, k: lm(c, i, key=k))(context, inputs, jr.split(key, code.shape[0]))
+
+
 def code_nll(logits: Float[Array, "B S K"], code: Int[Array, "B S"]) -> Float[Array, "B S"]:
     """Stage II's loss per token: the cross-entropy (nats) of each code token under the logits, in float32."""
     log_p = jax.nn.log_softmax(logits.astype(jnp.float32))

@@ -11,14 +11,14 @@ Legend: B batch, S code length, K codebook size.
 from typing import Callable
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
 from fsq_ref import data, dense, dense_tasks, fsq, metrics
 from fsq_ref.images import grid, save_png
-from fsq_ref.uvim import GuidingCodeLM, Oracle, code_nll, decode_code, encode_target, generate_code, shift_right
+from fsq_ref.uvim import (GuidingCodeLM, Oracle, code_nll, decode_code, encode_target, generate_code,
+                         teacher_forced_logits)
 
 EVAL_BATCH = 256
 PICTURE_COUNT = 12
@@ -66,8 +66,7 @@ class CodedData:
 
 @eqx.filter_jit
 def _token_nll(lm: GuidingCodeLM, task, batch: dict):
-    logits = jax.vmap(lambda c, i: lm(c, i, inference=True))(task.context(batch), shift_right(batch["code"]))
-    return code_nll(logits, batch["code"])
+    return code_nll(teacher_forced_logits(lm, task.context(batch), batch["code"]), batch["code"])
 
 
 def heldout_loss(lm: GuidingCodeLM, task, ds: CodedData) -> float:

@@ -17,7 +17,6 @@ import dataclasses
 from pathlib import Path
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -26,7 +25,8 @@ import optax
 from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
-from fsq_ref.uvim import GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll, shift_right
+from fsq_ref.uvim import (GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll,
+                         teacher_forced_logits)
 from fsq_ref.uvim_eval import (CodedData, code_usage, heldout_loss, oracle_codes, oracle_predict, picture, run_over,
                                score, stage2_predict)
 
@@ -92,11 +92,9 @@ def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = 
     @eqx.filter_jit(donate="all")
     def step(state: LMState, batch: dict, key, lr):
         context, code = precision.cast(task.context(batch), compute), batch["code"]
-        keys = jr.split(key, code.shape[0])
 
         def loss_fn(model: GuidingCodeLM):
-            model = precision.cast(model, compute)
-            logits = jax.vmap(lambda c, i, k: model(c, i, key=k))(context, shift_right(code), keys)
+            logits = teacher_forced_logits(precision.cast(model, compute), context, code, key=key)
             return jnp.mean(code_nll(logits, code)), logits
 
         (loss, logits), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
