@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from fsq_ref import runs, uvim_eval, uvim_train
+from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
 
 DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
@@ -76,6 +77,8 @@ def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_again
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import uvim_tokens
 
+    with pytest.raises(InputError, match="no run at"):
+        uvim_tokens.analyse(str(lm.parent / "missing"), limit=16, seed=0)
     row = uvim_tokens.analyse(str(lm), limit=16, seed=0)
     rows = runs.evaluate(lm, limit=16)[0]  # `fsq eval`'s rows for the same examples
     assert row["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
