@@ -167,13 +167,14 @@ class LMTask:
                              f"was trained on {self.oracle_config.image_size} px: use the oracle's data")
         self.config, self.test_ds, self.weight_decay = config, test_ds, weight_decay
         self.codebook_size = self.oracle_config.quantizer.size
-        codes = run_over(train_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
-        test_codes = run_over(test_ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]
+
+        def coded(ds: dense.DenseData) -> CodedData:  # ds with the oracle's code of each example
+            return CodedData(ds, run_over(ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1])
+
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}
         self.step = make_lm_step(self.task, weight_decay, dtype)
-        train_coded = CodedData(train_ds, codes)
-        self.test_coded = CodedData(test_ds, test_codes)
+        train_coded, self.test_coded = coded(train_ds), coded(test_ds)
         self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
 
     def init_state(self, key) -> LMState:
