@@ -86,21 +86,21 @@ def test_generate_rejects_bad_arguments():
         scenes.generate(0, seed=0, stream=0, size=32)
 
 
-def _hue(rgb):
-    return colorsys.rgb_to_hsv(*rgb)[0]
+def _nearest_hue(pixels, hues):
+    """(index into `hues` nearest the hue of the pixels' mean colour, that circular distance)."""
+    hue = colorsys.rgb_to_hsv(*pixels.mean(0) / 255)[0]
+    distance = np.abs((hue - hues + 0.5) % 1 - 0.5)
+    return int(distance.argmin()), float(distance.min())
 
 
 def test_the_ground_material_sets_the_ground_and_wall_hues(generated):
     """The mean colour of a scene's ground has one of the four ground hues (within the jitter; shading, the checker
     and the sensor noise scale or average out), and the wall's mean hue is the one paired with that material."""
     images, _, semantic, _ = generated
-    def nearest(hue, hues):
-        distance = np.abs((hue - hues + 0.5) % 1 - 0.5)
-        return int(distance.argmin()), float(distance.min())
     materials = []
     for image, classes in zip(images, semantic):
-        ground, ground_off = nearest(_hue(image[classes == 0].mean(0) / 255), scenes._GROUND_HUES)
-        wall, wall_off = nearest(_hue(image[classes == 1].mean(0) / 255), scenes._WALL_HUES)
+        ground, ground_off = _nearest_hue(image[classes == 0], scenes._GROUND_HUES)
+        wall, wall_off = _nearest_hue(image[classes == 1], scenes._WALL_HUES)
         assert ground_off <= scenes._HUE_JITTER + 0.01 and wall_off <= scenes._HUE_JITTER + 0.01
         assert wall == ground
         materials.append(ground)
