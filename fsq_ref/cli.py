@@ -225,9 +225,12 @@ def decode(workdir, tokens_path, out, batch_size):
 @with_data_options(default=None, help_default="the data the model was trained on")
 @click.option("--split", type=click.Choice(data.SPLITS), default="test", show_default=True, help=SPLIT_HELP)
 @click.option("--limit", type=int, default=None, help="UViM: only the first N examples")
+@click.option("--temperature", type=float, default=0.0, show_default=True,
+              help="UViM stage II: sample its code at this temperature (0: greedy decoding)")
+@click.option("--seed", type=int, default=0, show_default=True, help="UViM stage II: the sampling seed")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
-              help="JSON file (default WORKDIR/eval-SPLIT.json)")
-def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
+              help="JSON file (default WORKDIR/eval-SPLIT.json; sampled: eval-SPLIT-temperatureT-seedS.json)")
+def eval_command(workdir, task_name, data_spec, data_dir, split, limit, temperature, seed, out):
     """Measure a trained model on a dataset.
 
     A tokenizer: reconstruction L1, MSE and PSNR, codebook usage, perplexity and entropy. A UViM folder: the task's
@@ -238,9 +241,12 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
     Example:
       fsq eval --workdir runs/fsq --split test
       fsq eval --workdir runs/uvim/depth-lm --task depth
+      fsq eval --workdir runs/uvim/colorization-lm --temperature 1
     """
+    if temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
     result, spec, count = runs.evaluate(workdir, data_spec=data_spec, data_dir=data_dir, split=split,
-                                        task_name=task_name, limit=limit)
+                                        task_name=task_name, limit=limit, temperature=temperature, seed=seed)
     click.echo(f"{count} examples ({split} split of {spec})")
     if all(isinstance(v, dict) for v in result.values()):  # UViM: one row per model
         for name, row in result.items():
@@ -248,10 +254,12 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, out):
             print_metrics(row)
     else:
         print_metrics(result)
-    out = out or str(Path(workdir) / f"eval-{split}.json")
+    sampled = f"-temperature{temperature:g}-seed{seed}" if temperature else ""
+    out = out or str(Path(workdir) / f"eval-{split}{sampled}.json")
     step = checkpoint.read_run(workdir)["step"]
-    checkpoint.write_atomic(out, json.dumps({"data": spec, "split": split, "examples": count, "step": step, **result},
-                                            indent=2).encode())
+    decoding = {"temperature": temperature, "seed": seed} if temperature else {}
+    checkpoint.write_atomic(out, json.dumps({"data": spec, "split": split, "examples": count, "step": step, **decoding,
+                                             **result}, indent=2).encode())
     click.echo(f"wrote {out}")
 
 

@@ -70,11 +70,13 @@ def uvim_models(workdir, oracle_dir=None):
 
 
 def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = None, split: str = "test",
-             task_name: str | None = None, limit: int | None = None) -> tuple[dict, str, int]:
+             task_name: str | None = None, limit: int | None = None, temperature: float = 0.0,
+             seed: int = 0) -> tuple[dict, str, int]:
     """Measure the model in `workdir` on `split` of `data_spec` (default: its training data).
 
     A tokenizer: reconstruction L1, MSE, PSNR and codebook usage ({metric: value}). A UViM folder: the task metric
-    and codebook usage of stage II, its oracle and the trivial baseline ({row: {metric: value}}; `uvim_eval`).
+    and codebook usage of stage II (decoded greedily, or sampled at `temperature` > 0 from `seed`), its oracle and the
+    trivial baseline ({row: {metric: value}}; `uvim_eval`).
     Returns (results, the data spec used, the number of examples read).
     """
     header = checkpoint.read_run(workdir)
@@ -83,10 +85,14 @@ def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = No
         lm, oracle, qstate, task, header = uvim_models(workdir)
         if task_name is not None and task_name != task.name:
             raise InputError(f"{workdir} was trained for {task.name}, not {task_name}: drop --task or fix it")
+        if lm is None and temperature:
+            raise InputError(f"{workdir} is a stage I, which samples nothing: give --temperature a stage-II folder")
         ds = dense_data(header, data_spec, data_dir, split, limit)
-        return uvim_eval.evaluate(lm, oracle, qstate, task, ds), spec, len(ds)
+        return uvim_eval.evaluate(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed), spec, len(ds)
     if task_name is not None:
         raise InputError("--task is for UViM folders; a tokenizer has no task")
+    if temperature:
+        raise InputError("--temperature is for UViM stage II, which samples its code; a tokenizer samples nothing")
     model, qstate, header = tokenizer.load(workdir)
     ds = image_data(header, data_spec, data_dir, split)
     return tokenizer.evaluate(model, qstate, ds), spec, len(ds)

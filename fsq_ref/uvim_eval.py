@@ -8,6 +8,7 @@ best that any stage II could reach with its decoder; the full model reads only t
 Legend: B batch, S code length, K codebook size.
 """
 
+import itertools
 from typing import Callable
 
 import equinox as eqx
@@ -113,20 +114,22 @@ def predict(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.
     """(predictions, codes [N, S]) over all of `ds`: of the full model, or of the oracle alone when `lm` is None."""
     if lm is None:  # the oracle reads the targets: its outputs are the best a stage II could reach
         return run_over(ds, lambda b: oracle_predict(oracle, qstate, task, b))
-    key = jr.key(seed)
-    return run_over(ds, lambda b: stage2_predict(lm, oracle, qstate, task, b, key, temperature=temperature))
+    key, batches = jr.key(seed), itertools.count()  # each batch its own key, so no two batches share their draws
+    return run_over(ds, lambda b: stage2_predict(lm, oracle, qstate, task, b, jr.fold_in(key, next(batches)),
+                                                 temperature=temperature))
 
 
-def evaluate(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.DenseTask,
-             ds: dense.DenseData) -> dict[str, dict[str, float]]:
+def evaluate(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks.DenseTask, ds: dense.DenseData, *,
+             temperature: float = 0.0, seed: int = 0) -> dict[str, dict[str, float]]:
     """{row: metrics}: the task metric and codebook usage of stage II (with its token accuracy against the oracle's
     codes and its held-out loss on them; when `lm` is given), of the oracle (with where FSQ's unused codes come from,
-    `metrics.channel_stats`), and the task metric of the trivial baseline. Greedy decoding."""
+    `metrics.channel_stats`), and the task metric of the trivial baseline. Stage II decodes greedily, or samples at
+    `temperature` > 0 (`predict`)."""
     size = oracle.quantizer.codebook_size
     rows = {}
     oracle_preds, oracle_codes_ = predict(None, oracle, qstate, task, ds)
     if lm is not None:
-        preds, codes = predict(lm, oracle, qstate, task, ds)
+        preds, codes = predict(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
         rows["stage II"] = {**score(task, ds, preds), **code_usage(codes, size),
                             "token_accuracy": float(np.mean(codes == oracle_codes_)),
                             "heldout_loss": heldout_loss(lm, task, CodedData(ds, oracle_codes_))}

@@ -177,6 +177,10 @@ def test_unreadable_image_is_named(trained, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", trained, "--data", folder, "--split", "all"), "broken.png")
 
 
+def test_a_tokenizer_is_not_sampled(trained):
+    assert_bad_input(invoke("eval", "--workdir", trained, "--temperature", 1), "a tokenizer samples nothing")
+
+
 def test_missing_or_corrupt_checkpoint(trained, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", tmp_path, "--data", "procedural:64"), "no checkpoint")
     shutil.copytree(trained, tmp_path / "copy")

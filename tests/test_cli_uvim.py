@@ -73,6 +73,23 @@ def test_eval_reports_stage_two_oracle_and_baseline(lm, tmp_path):
     assert 0 <= rows["stage II"]["token_accuracy"] <= 1
 
 
+def test_eval_samples_stage_two_at_a_temperature_and_leaves_the_greedy_evaluation_alone(lm):
+    def sampled(temperature, seed):
+        result = invoke("eval", "--workdir", lm, "--limit", 40, "--temperature", temperature, "--seed", seed)
+        assert result.exit_code == 0, result.output
+        record = json.loads((lm / f"eval-test-temperature{temperature:g}-seed{seed}.json").read_text())
+        assert (record["temperature"], record["seed"]) == (temperature, seed)
+        return record
+
+    greedy = runs.evaluate(lm, limit=40)[0]
+    near_zero, hot, other_seed = sampled(1e-6, 0), sampled(1.0, 0), sampled(1.0, 1)
+    assert not (lm / "eval-test.json").exists()  # where a greedy `fsq eval` would write
+    assert near_zero["stage II"] == pytest.approx(greedy["stage II"])  # a vanishing temperature is greedy
+    assert hot["stage II"] != other_seed["stage II"]  # seeds draw other codes (40 examples x 16 tokens)
+    for record in (near_zero, hot, other_seed):  # only stage II samples
+        assert record["oracle (stage I)"] == pytest.approx(greedy["oracle (stage I)"])
+
+
 def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_against_chance(lm):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import uvim_tokens
@@ -111,6 +128,8 @@ def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
 
 def test_bad_input(oracle, lm, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", lm, "--task", "depth"), "trained for panoptic")
+    assert_bad_input(invoke("eval", "--workdir", lm, "--temperature", -1), "--temperature must be >= 0")
+    assert_bad_input(invoke("eval", "--workdir", oracle, "--temperature", 1), "stage I, which samples nothing")
     assert_bad_input(invoke("train", "uvim-lm", "--oracle", lm, "--steps", 1, "--workdir", tmp_path / "x"),
                      "not 'uvim-oracle'")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", "--data", "nonsense", "--steps", 1,
