@@ -17,17 +17,25 @@ from fsq_ref import checkpoint, features, maskgit_train
 STAGE_RECORD = "stage.json"  # the `fsq train` arguments a finished run was made with
 
 
-def fsq_cli(*args) -> None:
+def fsq_cli(*args, log: Path | None = None) -> None:
     """`fsq ARGS` in a child process (its own JAX); raises if it fails. Its output, progress included, goes to this
-    script's stderr, so that stdout holds only the script's tables."""
-    subprocess.run([sys.executable, "-m", "fsq_ref.cli", *map(str, args)], check=True, stdout=sys.stderr)
+    script's stderr, so that stdout holds only the script's tables; or, given `log`, is appended to that file (for
+    children that run side by side)."""
+    command = [sys.executable, "-m", "fsq_ref.cli", *map(str, args)]
+    if log is None:
+        subprocess.run(command, check=True, stdout=sys.stderr)
+        return
+    Path(log).parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as out:
+        subprocess.run(command, check=True, stdout=out, stderr=subprocess.STDOUT)
 
 
-def train(run: Path, *args) -> None:
+def train(run: Path, *args, log: Path | None = None) -> None:
     """`fsq train ARGS` into `run`: from scratch, continued where a stopped run left off, or not at all if finished.
 
     A finished run remembers its arguments (`STAGE_RECORD`); asking the same folder for other arguments (another
-    codebook size, preset or budget) exits with an error instead of reusing a run that answers another question."""
+    codebook size, preset or budget) exits with an error instead of reusing a run that answers another question.
+    `log`: as `fsq_cli`'s."""
     run, wanted = Path(run), [str(a) for a in args]
     record = run / STAGE_RECORD
     if record.exists() and (made := json.loads(record.read_text())) != wanted:
@@ -35,7 +43,7 @@ def train(run: Path, *args) -> None:
                  "give the script another --workdir, or remove that folder to train it again")
     done = checkpoint.progress(run)
     if done is None or done[0] < done[1]:
-        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []))
+        fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []), log=log)
     if not record.exists():
         checkpoint.write_atomic(record, json.dumps(wanted).encode())
 

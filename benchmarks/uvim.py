@@ -6,12 +6,14 @@ paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`-
 
 Each pipeline runs the CLI: `fsq train uvim-oracle` and `fsq eval` of it (the oracle's and the trivial baseline's
 rows), then `fsq train uvim-lm --seed S` for each seed (its final evaluation is the stage-II row), each for a fixed
-number of steps of batch 32 (equal budgets across bottlenecks). Finished stages in WORKDIR are reused. Prints one
-Markdown table per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code),
-FSQ [8,5,5,5] (1000 codes) against VQs of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a
-1000-code FSQ oracle uses over 95% of its codes, where a 4375-code one did not (BENCHMARKS.md, session 9).
+number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stages train side by side (default 2).
+Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes WORKDIR/results.json. The
+defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs of 1024, 600 oracle and
+1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its codes, where a
+4375-code one did not (BENCHMARKS.md, session 9).
 
-    python benchmarks/uvim.py [--quick] [--seeds 3] [--context-ablation] [--tasks depth,colorization,panoptic]
+    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation]
+                              [--tasks depth,colorization,panoptic]
 """
 
 import argparse
@@ -19,7 +21,9 @@ import json
 import math
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 from stages import fsq_cli, mean_std, seconds, train
 
@@ -40,30 +44,74 @@ def names(codebook_size: int) -> dict[str, str]:
             "vq": f"VQ {codebook_size} (codebook loss)"}
 
 
-def pipeline(folder: Path, task: str, quantizer: str, args, context: bool = True) -> dict:
-    """One oracle and `args.seeds` stage IIs on it: {"eval": `fsq eval` of the oracle (its rows and the trivial
-    baseline's), "stage II": [each seed's final held-out evaluation, which `fsq train` logs], "seconds": {...}}."""
-    oracle = folder / "oracle"
-    train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
-          args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
-          args.oracle_steps, *([] if context else ["--no-context"]))
-    if not (oracle / "eval-test.json").exists():
-        fsq_cli("eval", "--workdir", oracle, "--task", task)
-    stage2, lm_seconds = [], []
-    for seed in range(args.seeds):
-        lm = folder / f"lm-seed{seed}"
-        train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
-              "--eval-every", args.lm_steps, "--seed", seed)
-        # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split); a
-        # run stopped after its last checkpoint but before that evaluation is evaluated here instead.
+class Stages:
+    """Runs a table's stages, `jobs` at a time (each stage is one `fsq` child process). A single process leaves part
+    of a 2-core CPU idle, so two side by side finish a table sooner (BENCHMARKS.md, session 12). Side by side, each
+    child's output goes to RUN.log beside its folder, and this script says when each stage starts and ends."""
+
+    def __init__(self, jobs: int):
+        self.jobs, self.pool = jobs, ThreadPoolExecutor(jobs)
+
+    def run(self, name: str, run: Path, stage: Callable[[Path | None], None]) -> None:
+        """`stage(log)`, announced when side by side; `log` is None (output to stderr) when one at a time."""
+        if self.jobs == 1:
+            return stage(None)
+        log = run.with_name(run.name + ".log")
+        print(f"{time.strftime('%H:%M:%S')} start {name}: output in {log}", file=sys.stderr, flush=True)
+        stage(log)
+        print(f"{time.strftime('%H:%M:%S')} done  {name}", file=sys.stderr, flush=True)
+
+    def table(self, pipelines: dict[str, tuple[Path, str, str, bool]], args) -> dict[str, dict]:
+        """{row: result} for `pipelines` ({row: (folder, task, quantizer, context)}): each an oracle, `fsq eval` of
+        it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle is queued
+        before any stage II, so that a stage II waiting for its oracle never holds a place another could use."""
+        oracles = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
+        stage2 = {row: [] for row in pipelines}
+        for seed in range(args.seeds):
+            for row, (folder, task, *_) in pipelines.items():
+                stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", f"{folder.name}",
+                                                    oracles[row], args, seed))
+        try:
+            return {row: {"eval": oracles[row].result(), "stage II": [f.result()[0] for f in stage2[row]],
+                          "seconds": {"oracle": seconds(pipelines[row][0] / "oracle"),
+                                      "stage II": [f.result()[1] for f in stage2[row]]}} for row in pipelines}
+        except BaseException:
+            self.pool.shutdown(cancel_futures=True)  # queued stages do not start; running ones finish and are kept
+            raise
+
+    def oracle(self, folder: Path, task: str, quantizer: str, context: bool, args) -> dict:
+        """Train and evaluate one oracle: its `fsq eval` (oracle and trivial-baseline rows)."""
+        oracle = folder / "oracle"
+
+        def stage(log):
+            train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer,
+                  "--codebook-size", args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps,
+                  "--eval-every", args.oracle_steps, *([] if context else ["--no-context"]), log=log)
+            if not (oracle / "eval-test.json").exists():
+                fsq_cli("eval", "--workdir", oracle, "--task", task, log=log)
+
+        self.run(f"{folder.name}/oracle", oracle, stage)
+        return json.loads((oracle / "eval-test.json").read_text())
+
+    def stage2(self, lm: Path, name: str, oracle_done: Future, args, seed: int) -> tuple[dict, float]:
+        """Train one stage II once its oracle is done: (its final held-out evaluation, seconds of training)."""
+        oracle_done.result()
+        oracle = lm.parent / "oracle"
+
+        def stage(log):
+            train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
+                  "--eval-every", args.lm_steps, "--seed", seed, log=log)
+            # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split);
+            # a run stopped after its last checkpoint but before that evaluation is evaluated here instead.
+            last = runs.last_evaluation(lm)
+            if last is None or last["step"] < args.lm_steps:
+                fsq_cli("eval", "--workdir", lm, log=log)
+
+        self.run(f"{name}/{lm.name}", lm, stage)
         last = runs.last_evaluation(lm)
         if last is None or last["step"] < args.lm_steps:
-            fsq_cli("eval", "--workdir", lm)
             last = json.loads((lm / "eval-test.json").read_text())["stage II"]
-        stage2.append({k: v for k, v in last.items() if k not in ("step", "split")})
-        lm_seconds.append(seconds(lm))
-    return {"eval": json.loads((oracle / "eval-test.json").read_text()), "stage II": stage2,
-            "seconds": {"oracle": seconds(oracle), "stage II": lm_seconds}}
+        return {k: v for k, v in last.items() if k not in ("step", "split")}, seconds(lm)
 
 
 def cell(values) -> str:
@@ -110,6 +158,8 @@ def main():
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")
     parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ) and one seed")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="stages trained side by side (2 suits a 2-core CPU; 1: one at a time, output inline)")
     args = parser.parse_args()
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
@@ -117,22 +167,21 @@ def main():
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if args.seeds < 1:
-        parser.error("--seeds must be >= 1")
+    if args.seeds < 1 or args.jobs < 1:
+        parser.error("--seeds and --jobs must be >= 1")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
         parser.error(f"--codebook-size: {e}")
     workdir = Path(args.workdir)
-    everything = {}
+    everything, stages = {}, Stages(args.jobs)
     for task in args.tasks.split(","):
         start = time.monotonic()
-        results = {name[q]: pipeline(workdir / f"{task}-{q}", task, q, args) for q in quantizers}
+        pipelines = {name[q]: (workdir / f"{task}-{q}", task, q, True) for q in quantizers}
         if args.context_ablation and task == "panoptic":
-            for q in ("fsq", "vq-split"):
-                results[f"{name[q]}, no context"] = pipeline(workdir / f"{task}-{q}-no-context", task, q, args,
-                                                              context=False)
-        everything[task] = results
+            pipelines.update({f"{name[q]}, no context": (workdir / f"{task}-{q}-no-context", task, q, False)
+                              for q in ("fsq", "vq-split")})
+        everything[task] = results = stages.table(pipelines, args)
         minutes = (time.monotonic() - start) / 60  # wall time, evaluations and stages reused from WORKDIR included
         print(table(task, results, args.seeds) + f"\n\n{task}: {minutes:.1f} minutes wall time in this call\n",
               flush=True)

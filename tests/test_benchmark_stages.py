@@ -1,6 +1,11 @@
-"""The benchmark scripts' shared stage runner: a finished run is reused only for the arguments it was made with."""
+"""The benchmark scripts' shared stage runner: a finished run is reused only for the arguments it was made with; the
+UViM benchmark's table, and its stages run side by side."""
 
+import json
 import sys
+import threading
+import time
+from argparse import Namespace
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,7 @@ def fake_cli(monkeypatch):
     """Stands in for `fsq train`: records each call and marks the run folder as finished."""
     calls, finished = [], set()
 
-    def fsq_cli(*args):
+    def fsq_cli(*args, log=None):
         calls.append(args)
         run = Path(args[args.index("--workdir") + 1])
         run.mkdir(parents=True, exist_ok=True)
@@ -52,3 +57,76 @@ def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_ov
                         "token accuracy | stage-II held-out loss | seconds (oracle + stage II) |")  # not perplexity
     assert lines[4] == "| trivial baseline | 3.5 | 3.5 | - | - | - | - | - |"
     assert lines[5] == "| FSQ | 0.25 | 1.5 ± 0.71 | 97.0% | 60 ± 14% | 30 ± 14% | 3.25 ± 0.35 | 100 + 30 |"
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """Stands in for the UViM benchmark's `fsq train` and `fsq eval`: each writes what the real one leaves behind
+    (metrics.jsonl, eval-test.json), records when it starts and ends, and takes a moment, so that side-by-side runs
+    overlap. An oracle whose folder is named "broken-..." fails."""
+    import uvim as uvim_bench
+
+    events, lock = [], threading.Lock()
+
+    def note(*event):
+        with lock:
+            events.append(event)
+
+    def train(run, kind, *args, log=None):
+        note("start", run, log)
+        time.sleep(0.05)
+        if run.parent.name.startswith("broken"):
+            raise RuntimeError(f"{run} failed")
+        run.mkdir(parents=True)
+        record = {"step": 7, "split": "eval", "rmse": 0.5 if kind == "uvim-lm" else 0.25, "usage": 0.9,
+                  "token_accuracy": 0.1, "heldout_loss": 3.0}
+        (run / "metrics.jsonl").write_text(json.dumps({"step": 7, "seconds": 12.0}) + "\n" + json.dumps(record))
+        note("end", run, log)
+
+    def fsq_cli(command, flag, run, *args, log=None):
+        assert command == "eval"
+        rows = {"oracle (stage I)": {"rmse": 0.25, "usage": 0.9}, "trivial baseline": {"rmse": 2.0}}
+        (run / "eval-test.json").write_text(json.dumps(rows))
+
+    monkeypatch.setattr(uvim_bench, "train", train)
+    monkeypatch.setattr(uvim_bench, "fsq_cli", fsq_cli)
+    return uvim_bench, events
+
+
+def _args(**overrides):
+    return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
+                        "lm_preset": "quick", "lm_steps": 7, "seeds": 2, **overrides})
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fake_stages, tmp_path, jobs):
+    uvim_bench, events = fake_stages
+    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True) for q in ("fsq", "vq-split", "vq-nosplit")}
+    results = uvim_bench.Stages(jobs).table(pipelines, _args())
+    assert list(results) == list(pipelines)
+    for row, result in results.items():
+        assert result["eval"]["trivial baseline"] == {"rmse": 2.0}
+        assert [r["rmse"] for r in result["stage II"]] == [0.5, 0.5]
+        assert result["seconds"] == {"oracle": 12.0, "stage II": [12.0, 12.0]}
+    order = [(kind, run) for kind, run, _ in events]
+    for folder, *_ in pipelines.values():
+        for seed in range(2):
+            assert order.index(("end", folder / "oracle")) < order.index(("start", folder / f"lm-seed{seed}"))
+    logs = {run: log for _, run, log in events}
+    if jobs == 1:  # one at a time: the children's output stays on stderr
+        assert set(logs.values()) == {None}
+    else:  # side by side: each child's output in a file beside its folder, and two stages ran at once
+        assert all(log == run.with_name(run.name + ".log") for run, log in logs.items())
+        running = peak = 0
+        for kind, _ in order:
+            running += 1 if kind == "start" else -1
+            peak = max(peak, running)
+        assert peak == 2
+
+
+def test_a_failed_oracle_stops_the_uvim_table_before_its_stage_twos_start(fake_stages, tmp_path):
+    uvim_bench, events = fake_stages
+    pipelines = {"broken": (tmp_path / "broken-fsq", "depth", "fsq", True)}
+    with pytest.raises(RuntimeError, match="broken-fsq/oracle failed"):
+        uvim_bench.Stages(2).table(pipelines, _args())
+    assert [run.name for _, run, _ in events] == ["oracle"]
