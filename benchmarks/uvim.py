@@ -68,13 +68,18 @@ class Stages:
         oracles = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
         stage2 = {row: [] for row in pipelines}
         for seed in range(args.seeds):
-            for row, (folder, task, *_) in pipelines.items():
-                stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", f"{folder.name}",
-                                                    oracles[row], args, seed))
+            for row, (folder, *_) in pipelines.items():
+                stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", oracles[row], args, seed))
         try:
-            return {row: {"eval": oracles[row].result(), "stage II": [f.result()[0] for f in stage2[row]],
-                          "seconds": {"oracle": seconds(pipelines[row][0] / "oracle"),
-                                      "stage II": [f.result()[1] for f in stage2[row]]}} for row in pipelines}
+            results = {}
+            for row, (folder, *_) in pipelines.items():
+                runs_ = [f.result() for f in stage2[row]]
+                results[row] = {"eval": oracles[row].result(), "stage II": [r["greedy"] for r in runs_],
+                                "seconds": {"oracle": seconds(folder / "oracle"),
+                                            "stage II": [r["seconds"] for r in runs_]}}
+                if args.temperature:
+                    results[row]["stage II sampled"] = [r["sampled"] for r in runs_]
+            return results
         except BaseException:
             self.pool.shutdown(cancel_futures=True)  # queued stages do not start; running ones finish and are kept
             raise
@@ -93,33 +98,38 @@ class Stages:
         self.run(f"{folder.name}/oracle", oracle, stage)
         return json.loads((oracle / "eval-test.json").read_text())
 
-    def stage2(self, lm: Path, name: str, oracle_done: Future, args, seed: int) -> tuple[dict, float]:
-        """Train one stage II once its oracle is done: (its final held-out evaluation, seconds of training)."""
+    def stage2(self, lm: Path, oracle_done: Future, args, seed: int) -> dict:
+        """Train one stage II once its oracle is done: {"greedy": its final held-out evaluation, "sampled": `fsq eval
+        --temperature` of it (with `args.temperature`), "seconds": of training}."""
         oracle_done.result()
-        oracle = lm.parent / "oracle"
+        sampled = lm / f"eval-test-temperature{args.temperature:g}-seed0.json"
 
         def stage(log):
-            train(lm, "uvim-lm", "--oracle", oracle, "--preset", args.lm_preset, "--steps", args.lm_steps,
-                  "--eval-every", args.lm_steps, "--seed", seed, log=log)
+            train(lm, "uvim-lm", "--oracle", lm.parent / "oracle", "--preset", args.lm_preset, "--steps",
+                  args.lm_steps, "--eval-every", args.lm_steps, "--seed", seed, log=log)
             # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split);
             # a run stopped after its last checkpoint but before that evaluation is evaluated here instead.
             last = runs.last_evaluation(lm)
             if last is None or last["step"] < args.lm_steps:
                 fsq_cli("eval", "--workdir", lm, log=log)
+            if args.temperature and not sampled.exists():
+                fsq_cli("eval", "--workdir", lm, "--temperature", args.temperature, log=log)
 
-        self.run(f"{name}/{lm.name}", lm, stage)
+        self.run(f"{lm.parent.name}/{lm.name}", lm, stage)
         last = runs.last_evaluation(lm)
         if last is None or last["step"] < args.lm_steps:
             last = json.loads((lm / "eval-test.json").read_text())["stage II"]
-        return {k: v for k, v in last.items() if k not in ("step", "split")}, seconds(lm)
+        return {"greedy": {k: v for k, v in last.items() if k not in ("step", "split")}, "seconds": seconds(lm),
+                "sampled": json.loads(sampled.read_text())["stage II"] if args.temperature else None}
 
 
 def cell(values) -> str:
     return mean_std(values, ".4g", std_fmt=".2g")
 
 
-def table(task: str, results: dict, seeds: int) -> str:
-    """Markdown: a row per bottleneck (oracle and stage II side by side) and one for the trivial baseline."""
+def table(task: str, results: dict, seeds: int, temperature: float = 0.0) -> str:
+    """Markdown: a row per bottleneck (oracle and stage II side by side), one for the trivial baseline, and with
+    `temperature` one per bottleneck for its stage IIs sampled at that temperature (the same models)."""
     first = next(iter(results.values()))
     metrics = [k for k in first["stage II"][0] if k not in NOT_TASK_METRICS]
     head = ("| bottleneck | " + " | ".join(f"oracle {m}" for m in metrics) + " | "
@@ -138,6 +148,12 @@ def table(task: str, results: dict, seeds: int) -> str:
                     cell([r["heldout_loss"] for r in stage2]) if all("heldout_loss" in r for r in stage2) else "-",
                     f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if "stage II sampled" in result:
+            sampled = result["stage II sampled"]
+            cells = (["-"] * len(metrics) + [cell([r[m] for r in sampled]) for m in metrics]
+                     + ["-", cell([100 * r["usage"] for r in sampled]) + "%",
+                        cell([100 * r["token_accuracy"] for r in sampled]) + "%", "-", "-"])
+            lines.append(f"| {name}, sampled at temperature {temperature:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -157,6 +173,9 @@ def main():
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="also evaluate each stage II sampling at this temperature (`fsq eval --temperature`; "
+                             "big_vision's colorization notebook samples at 1); 0: greedy decoding only")
     parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ) and one seed")
     parser.add_argument("--jobs", type=int, default=2,
                         help="stages trained side by side (2 suits a 2-core CPU; 1: one at a time, output inline)")
@@ -167,8 +186,8 @@ def main():
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if args.seeds < 1 or args.jobs < 1:
-        parser.error("--seeds and --jobs must be >= 1")
+    if args.seeds < 1 or args.jobs < 1 or args.temperature < 0:
+        parser.error("--seeds and --jobs must be >= 1, --temperature >= 0")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
@@ -183,8 +202,8 @@ def main():
                               for q in ("fsq", "vq-split")})
         everything[task] = results = stages.table(pipelines, args)
         minutes = (time.monotonic() - start) / 60  # wall time, evaluations and stages reused from WORKDIR included
-        print(table(task, results, args.seeds) + f"\n\n{task}: {minutes:.1f} minutes wall time in this call\n",
-              flush=True)
+        print(table(task, results, args.seeds, args.temperature)
+              + f"\n\n{task}: {minutes:.1f} minutes wall time in this call\n", flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(everything, indent=2))
     print("command: python benchmarks/uvim.py " + " ".join(sys.argv[1:]))

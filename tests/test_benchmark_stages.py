@@ -77,6 +77,8 @@ def fake_stages(monkeypatch):
         time.sleep(0.05)
         if run.parent.name.startswith("broken"):
             raise RuntimeError(f"{run} failed")
+        if (run / "metrics.jsonl").exists():  # finished before: reused, as `stages.train` does
+            return
         run.mkdir(parents=True)
         record = {"step": 7, "split": "eval", "rmse": 0.5 if kind == "uvim-lm" else 0.25, "usage": 0.9,
                   "token_accuracy": 0.1, "heldout_loss": 3.0}
@@ -85,6 +87,11 @@ def fake_stages(monkeypatch):
 
     def fsq_cli(command, flag, run, *args, log=None):
         assert command == "eval"
+        if "--temperature" in args:  # a stage II sampled
+            row = {"rmse": 0.75, "usage": 1.0, "token_accuracy": 0.05, "heldout_loss": 3.0}
+            (run / f"eval-test-temperature{args[-1]:g}-seed0.json").write_text(json.dumps({"stage II": row}))
+            note("sampled", run, log)
+            return
         rows = {"oracle (stage I)": {"rmse": 0.25, "usage": 0.9}, "trivial baseline": {"rmse": 2.0}}
         (run / "eval-test.json").write_text(json.dumps(rows))
 
@@ -95,7 +102,7 @@ def fake_stages(monkeypatch):
 
 def _args(**overrides):
     return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
-                        "lm_preset": "quick", "lm_steps": 7, "seeds": 2, **overrides})
+                        "lm_preset": "quick", "lm_steps": 7, "seeds": 2, "temperature": 0.0, **overrides})
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
@@ -108,11 +115,12 @@ def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fa
         assert result["eval"]["trivial baseline"] == {"rmse": 2.0}
         assert [r["rmse"] for r in result["stage II"]] == [0.5, 0.5]
         assert result["seconds"] == {"oracle": 12.0, "stage II": [12.0, 12.0]}
-    order = [(kind, run) for kind, run, _ in events]
+    assert "stage II sampled" not in results["fsq"]
+    order = [(kind, run) for kind, run, _ in events if kind != "sampled"]
     for folder, *_ in pipelines.values():
         for seed in range(2):
             assert order.index(("end", folder / "oracle")) < order.index(("start", folder / f"lm-seed{seed}"))
-    logs = {run: log for _, run, log in events}
+    logs = {run: log for kind, run, log in events}
     if jobs == 1:  # one at a time: the children's output stays on stderr
         assert set(logs.values()) == {None}
     else:  # side by side: each child's output in a file beside its folder, and two stages ran at once
@@ -130,3 +138,16 @@ def test_a_failed_oracle_stops_the_uvim_table_before_its_stage_twos_start(fake_s
     with pytest.raises(RuntimeError, match="broken-fsq/oracle failed"):
         uvim_bench.Stages(2).table(pipelines, _args())
     assert [run.name for _, run, _ in events] == ["oracle"]
+
+
+def test_the_uvim_table_adds_each_stage_two_sampled_at_a_temperature(fake_stages, tmp_path):
+    uvim_bench, events = fake_stages
+    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True)}
+    results = uvim_bench.Stages(2).table(pipelines, _args(temperature=1.0))
+    assert [r["rmse"] for r in results["FSQ"]["stage II sampled"]] == [0.75, 0.75]
+    assert sorted(run.name for kind, run, _ in events if kind == "sampled") == ["lm-seed0", "lm-seed1"]
+    lines = uvim_bench.table("depth", results, seeds=2, temperature=1.0).splitlines()
+    assert lines[-2].startswith("| FSQ | 0.25 | 0.5 ± 0 |")
+    assert lines[-1] == "| FSQ, sampled at temperature 1 | - | 0.75 ± 0 | - | 100 ± 0% | 5 ± 0% | - | - |"
+    uvim_bench.Stages(2).table(pipelines, _args(temperature=1.0))  # again: everything is reused
+    assert len([e for e in events if e[0] == "sampled"]) == 2
