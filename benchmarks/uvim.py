@@ -23,7 +23,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from stages import fsq_cli, mean_std, seconds, train
 
@@ -32,6 +32,7 @@ from fsq_ref.cli_uvim import UVIM_QUANTIZERS
 from fsq_ref.errors import InputError
 
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
+T = TypeVar("T")
 NOT_TASK_METRICS = ("usage", "perplexity", "entropy_bits", "token_accuracy", "heldout_loss",
                     "total_correlation_bits", "independent_usage")
 
@@ -52,14 +53,15 @@ class Stages:
     def __init__(self, jobs: int):
         self.jobs, self.pool = jobs, ThreadPoolExecutor(jobs)
 
-    def run(self, name: str, run: Path, stage: Callable[[Path | None], None]) -> None:
+    def run(self, name: str, run: Path, stage: Callable[[Path | None], T]) -> T:
         """`stage(log)`, announced when side by side; `log` is None (output to stderr) when one at a time."""
         if self.jobs == 1:
             return stage(None)
         log = run.with_name(run.name + ".log")
         print(f"{time.strftime('%H:%M:%S')} start {name}: output in {log}", file=sys.stderr, flush=True)
-        stage(log)
+        result = stage(log)
         print(f"{time.strftime('%H:%M:%S')} done  {name}", file=sys.stderr, flush=True)
+        return result
 
     def table(self, pipelines: dict[str, tuple[Path, str, str, bool]], args) -> dict[str, dict]:
         """{row: result} for `pipelines` ({row: (folder, task, quantizer, context)}): each an oracle, `fsq eval` of
@@ -94,9 +96,9 @@ class Stages:
                   "--eval-every", args.oracle_steps, *([] if context else ["--no-context"]), log=log)
             if not (oracle / "eval-test.json").exists():
                 fsq_cli("eval", "--workdir", oracle, "--task", task, log=log)
+            return json.loads((oracle / "eval-test.json").read_text())
 
-        self.run(f"{folder.name}/oracle", oracle, stage)
-        return json.loads((oracle / "eval-test.json").read_text())
+        return self.run(f"{folder.name}/oracle", oracle, stage)
 
     def stage2(self, lm: Path, oracle_done: Future, args, seed: int) -> dict:
         """Train one stage II once its oracle is done: {"greedy": its final held-out evaluation, "sampled": `fsq eval
@@ -112,15 +114,13 @@ class Stages:
             last = runs.last_evaluation(lm)
             if last is None or last["step"] < args.lm_steps:
                 fsq_cli("eval", "--workdir", lm, log=log)
+                last = json.loads((lm / "eval-test.json").read_text())["stage II"]
             if args.temperature and not sampled.exists():
                 fsq_cli("eval", "--workdir", lm, "--temperature", args.temperature, log=log)
+            return {"greedy": {k: v for k, v in last.items() if k not in ("step", "split")}, "seconds": seconds(lm),
+                    "sampled": json.loads(sampled.read_text())["stage II"] if args.temperature else None}
 
-        self.run(f"{lm.parent.name}/{lm.name}", lm, stage)
-        last = runs.last_evaluation(lm)
-        if last is None or last["step"] < args.lm_steps:
-            last = json.loads((lm / "eval-test.json").read_text())["stage II"]
-        return {"greedy": {k: v for k, v in last.items() if k not in ("step", "split")}, "seconds": seconds(lm),
-                "sampled": json.loads(sampled.read_text())["stage II"] if args.temperature else None}
+        return self.run(f"{lm.parent.name}/{lm.name}", lm, stage)
 
 
 def cell(values) -> str:
