@@ -38,7 +38,7 @@ def train(run: Path, *args, log: Path | None = None) -> None:
     `log`: as `fsq_cli`'s."""
     run, wanted = Path(run), [str(a) for a in args]
     record = run / STAGE_RECORD
-    if record.exists() and (made := json.loads(record.read_text())) != wanted:
+    if record.exists() and _spelled_alike(made := json.loads(record.read_text())) != _spelled_alike(wanted):
         sys.exit(f"error: {run} holds `fsq train {' '.join(made)}`, not `fsq train {' '.join(wanted)}`: "
                  "give the script another --workdir, or remove that folder to train it again")
     done = checkpoint.progress(run)
@@ -46,6 +46,12 @@ def train(run: Path, *args, log: Path | None = None) -> None:
         fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []), log=log)
     if not record.exists():
         checkpoint.write_atomic(record, json.dumps(wanted).encode())
+
+
+def _spelled_alike(args: list[str]) -> list[str]:
+    """`args` with each existing path made absolute, so that a folder named relative to one directory and absolute
+    (or from another directory) counts as the same argument."""
+    return [str(Path(a).resolve()) if Path(a).exists() else a for a in args]
 
 
 def seconds(run: Path) -> float:

@@ -44,6 +44,16 @@ def test_a_finished_stage_asked_for_other_arguments_is_refused(fake_cli, tmp_pat
     assert len(fake_cli) == 1
 
 
+def test_a_finished_stage_is_reused_whichever_way_its_folders_are_spelled(fake_cli, tmp_path, monkeypatch):
+    (tmp_path / "oracle").mkdir()
+    stages.train(tmp_path / "lm", "uvim-lm", "--oracle", tmp_path / "oracle")
+    monkeypatch.chdir(tmp_path)
+    stages.train(tmp_path / "lm", "uvim-lm", "--oracle", "oracle")  # relative to the directory it runs from
+    assert len(fake_cli) == 1
+    with pytest.raises(SystemExit, match="another --workdir"):  # another folder is another argument
+        stages.train(tmp_path / "lm", "uvim-lm", "--oracle", "elsewhere")
+
+
 def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_over_seeds():
     import uvim as uvim_bench
 
