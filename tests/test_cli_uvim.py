@@ -1,5 +1,6 @@
 """The UViM commands end to end on the tiny presets and generated scenes: train both stages, predict, evaluate."""
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -124,6 +125,21 @@ def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
     assert invoke("predict", "--workdir", workdir, "--limit", 8, "--out", out).exit_code == 0
     with np.load(out) as f:
         assert (f["depth"].shape == (8, 32, 32)) if task == "depth" else (f["image"].shape == (8, 32, 32, 3))
+
+
+def test_sampling_draws_anew_in_every_batch(lm):
+    # Two evaluation batches of the same examples: sampled, they must not repeat each other's codes.
+    lm_model, oracle, qstate, task, header = runs.uvim_models(lm)
+    ds = runs.dense_data(header, None, None, "test", None)
+    reps = 2 * uvim_eval.EVAL_BATCH // len(ds)
+    assert reps * len(ds) == 2 * uvim_eval.EVAL_BATCH
+    twice = dataclasses.replace(ds, **{k: np.concatenate([getattr(ds, k)] * reps)
+                                      for k in ("images", "depth", "semantic", "instance")})
+    half = uvim_eval.EVAL_BATCH
+    greedy = uvim_eval.predict(lm_model, oracle, qstate, task, twice)[1]
+    sampled = uvim_eval.predict(lm_model, oracle, qstate, task, twice, temperature=1.0)[1]
+    np.testing.assert_array_equal(greedy[:half], greedy[half:])
+    assert np.mean(sampled[:half] != sampled[half:]) > 0.5
 
 
 def test_bad_input(oracle, lm, tmp_path):
