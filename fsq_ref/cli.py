@@ -227,7 +227,8 @@ def decode(workdir, tokens_path, out, batch_size):
 @click.option("--limit", type=int, default=None, help="UViM: only the first N examples")
 @click.option("--temperature", type=float, default=0.0, show_default=True,
               help="UViM stage II: sample its code at this temperature (0: greedy decoding)")
-@click.option("--seed", type=int, default=0, show_default=True, help="UViM stage II: the sampling seed")
+@click.option("--seed", type=int, default=None,
+              help="UViM stage II: the sampling seed, with --temperature  [default: 0]")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="JSON file (default WORKDIR/eval-SPLIT.json; sampled: eval-SPLIT-temperatureT-seedS.json)")
 def eval_command(workdir, task_name, data_spec, data_dir, split, limit, temperature, seed, out):
@@ -245,6 +246,10 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, temperat
     """
     if temperature < 0:
         raise InputError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
+    if seed is not None and not temperature:
+        raise InputError("--seed picks the draws of a sampled evaluation: give --temperature too (greedy draws "
+                         "nothing)")
+    seed = seed or 0
     result, spec, count = runs.evaluate(workdir, data_spec=data_spec, data_dir=data_dir, split=split,
                                         task_name=task_name, limit=limit, temperature=temperature, seed=seed)
     click.echo(f"{count} examples ({split} split of {spec})")

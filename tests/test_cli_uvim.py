@@ -145,6 +145,7 @@ def test_sampling_draws_anew_in_every_batch(lm):
 def test_bad_input(oracle, lm, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", lm, "--task", "depth"), "trained for panoptic")
     assert_bad_input(invoke("eval", "--workdir", lm, "--temperature", -1), "--temperature must be >= 0")
+    assert_bad_input(invoke("eval", "--workdir", lm, "--seed", 3), "give --temperature too")
     assert_bad_input(invoke("eval", "--workdir", oracle, "--temperature", 1), "stage I, which samples nothing")
     assert_bad_input(invoke("train", "uvim-lm", "--oracle", lm, "--steps", 1, "--workdir", tmp_path / "x"),
                      "not 'uvim-oracle'")
