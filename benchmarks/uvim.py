@@ -94,9 +94,9 @@ class Stages:
             train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer,
                   "--codebook-size", args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps,
                   "--eval-every", args.oracle_steps, *([] if context else ["--no-context"]), log=log)
-            if not (oracle / "eval-test.json").exists():
+            if not runs.evaluation_file(oracle).exists():
                 fsq_cli("eval", "--workdir", oracle, "--task", task, log=log)
-            return json.loads((oracle / "eval-test.json").read_text())
+            return json.loads(runs.evaluation_file(oracle).read_text())
 
         return self.run(f"{folder.name}/oracle", oracle, stage)
 
@@ -104,7 +104,7 @@ class Stages:
         """Train one stage II once its oracle is done: {"greedy": its final held-out evaluation, "sampled": `fsq eval
         --temperature` of it (with `args.temperature`), "seconds": of training}."""
         oracle_done.result()
-        sampled = lm / f"eval-test-temperature{args.temperature:g}-seed0.json"
+        sampled = runs.evaluation_file(lm, temperature=args.temperature)
 
         def stage(log):
             train(lm, "uvim-lm", "--oracle", lm.parent / "oracle", "--preset", args.lm_preset, "--steps",
@@ -114,7 +114,7 @@ class Stages:
             last = runs.last_evaluation(lm)
             if last is None or last["step"] < args.lm_steps:
                 fsq_cli("eval", "--workdir", lm, log=log)
-                last = json.loads((lm / "eval-test.json").read_text())["stage II"]
+                last = json.loads(runs.evaluation_file(lm).read_text())["stage II"]
             if args.temperature and not sampled.exists():
                 fsq_cli("eval", "--workdir", lm, "--temperature", args.temperature, log=log)
             return {"greedy": {k: v for k, v in last.items() if k not in ("step", "split")}, "seconds": seconds(lm),

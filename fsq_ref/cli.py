@@ -259,8 +259,7 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, temperat
             print_metrics(row)
     else:
         print_metrics(result)
-    sampled = f"-temperature{temperature:g}-seed{seed}" if temperature else ""
-    out = out or str(Path(workdir) / f"eval-{split}{sampled}.json")
+    out = out or str(runs.evaluation_file(workdir, split, temperature, seed))
     step = checkpoint.read_run(workdir)["step"]
     decoding = {"temperature": temperature, "seed": seed} if temperature else {}
     checkpoint.write_atomic(out, json.dumps({"data": spec, "split": split, "examples": count, "step": step, **decoding,

@@ -98,6 +98,13 @@ def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = No
     return tokenizer.evaluate(model, qstate, ds), spec, len(ds)
 
 
+def evaluation_file(workdir, split: str = "test", temperature: float = 0.0, seed: int = 0) -> Path:
+    """Where `fsq eval` writes by default: WORKDIR/eval-SPLIT.json, or for a stage II sampled at `temperature` > 0,
+    WORKDIR/eval-SPLIT-temperatureT-seedS.json (beside the greedy one, not over it)."""
+    sampled = f"-temperature{temperature:g}-seed{seed}" if temperature else ""
+    return Path(workdir) / f"eval-{split}{sampled}.json"
+
+
 def last_evaluation(workdir) -> dict | None:
     """The last held-out evaluation that `workdir`'s metrics.jsonl records (None if there is none)."""
     workdir = Path(workdir)
