@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
-from fsq_ref import checkpoint, data, metrics, progress, tokenizer, train
+from fsq_ref import cache, checkpoint, data, metrics, progress, tokenizer, train
 from fsq_ref.errors import InputError
 from fsq_ref.images import to_unit
 
@@ -127,7 +127,7 @@ def train_classifier(train_ds: data.Dataset, test_ds: data.Dataset, *, steps: in
 
 def cache_path(data_spec: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Where the classifier of `data_spec` is cached: `cache_dir`, else $FSQ_CACHE_DIR, else ~/.cache/fsq-ref."""
-    folder = cache_dir or os.environ.get("FSQ_CACHE_DIR") or Path.home() / ".cache" / "fsq-ref"
+    folder = cache_dir or cache.folder()
     name = re.sub(r"[^a-z0-9]+", "-", data_spec.lower()).strip("-")
     return Path(folder) / f"classifier-{name}-v{VERSION}.fsq"
 
@@ -171,11 +171,7 @@ def load_or_train(data_spec: str, *, data_dir: str | None = None, cache_dir: str
             echo(f"{path} was trained on {header.get('data')!r}, not {data_spec!r}; training again")
         except InputError as e:  # a damaged cache is only a lost minute: train again rather than fail
             echo(f"cannot use the cached feature classifier ({e}); training again")
-    try:  # fail now rather than after training if the cache cannot be written
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"cannot create the cache folder {path.parent} ({e}): set FSQ_CACHE_DIR to a writable "
-                         "folder") from None
+    cache.make_folder(path)  # fail now rather than after training if the cache cannot be written
     echo(f"training the feature classifier for {data_spec} once ({TRAIN_STEPS} steps, about a minute on a CPU); "
          f"caching it in {path}")
     model, accuracy = train_classifier(data.load(data_spec, "train", data_dir=data_dir),

@@ -31,6 +31,9 @@ if _CACHE is None:
     atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
     os.environ["FSQ_REF_TESTS_XLA_CACHE"] = _CACHE
 os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+# The package's own disk cache (generated scenes, oracle codes, the feature classifier) likewise lives in a folder of
+# this run, never in the user's ~/.cache; tests that need an empty one set their own.
+os.environ["FSQ_CACHE_DIR"] = os.path.join(_CACHE, "fsq-ref")
 os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.2"
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
