@@ -1,8 +1,9 @@
 """Training, evaluating and loading UViM's two stages (`uvim`), as tasks for the shared loop (`train.run`).
 
 Stage I trains on (input, target) pairs of a `dense.DenseData`. Stage II needs the guiding code of every training
-target: it is computed once, with the trained oracle, when stage II starts (UViM computes it on the fly because it
-augments its data; we do not augment, so the codes never change). Both stages use AdamW with the loop's warm-up and
+target: it is computed once, with the trained oracle, when stage II starts, and kept in the disk cache (`cache`) for
+the next stage II on that oracle (UViM computes it on the fly because it augments its data; we do not augment, so the
+codes never change). Both stages use AdamW with the loop's warm-up and
 cosine schedule.
 
 Evaluation during training runs over the whole test split (`uvim_eval`) and reports the task's metric
@@ -22,7 +23,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
-from fsq_ref import checkpoint, data, dense, dense_tasks, metrics, precision, vq
+from fsq_ref import cache, checkpoint, data, dense, dense_tasks, metrics, precision, vq
 from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
 from fsq_ref.uvim import (GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll,
@@ -168,8 +169,13 @@ class LMTask:
         self.config, self.test_ds, self.weight_decay = config, test_ds, weight_decay
         self.codebook_size = self.oracle_config.quantizer.size
 
-        def coded(ds: dense.DenseData) -> CodedData:  # ds with the oracle's code of each example
-            return CodedData(ds, run_over(ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1])
+        def coded(ds: dense.DenseData) -> CodedData:  # ds with the oracle's code of each example, made once (`cache`)
+            def make():
+                return {"codes": run_over(ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]}
+
+            inputs = cache.digest(oracle_header["sha256"], oracle_header["task"], ds.images, ds.depth, ds.semantic,
+                                  ds.instance)
+            return CodedData(ds, cache.arrays(f"oracle-codes-{inputs}", make)["codes"])
 
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header}

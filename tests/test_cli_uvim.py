@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fsq_ref import runs, uvim_eval, uvim_train
+from fsq_ref import runs, uvim, uvim_eval, uvim_train
 from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
 
@@ -125,6 +125,18 @@ def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
     assert invoke("predict", "--workdir", workdir, "--limit", 8, "--out", out).exit_code == 0
     with np.load(out) as f:
         assert (f["depth"].shape == (8, 32, 32)) if task == "depth" else (f["image"].shape == (8, 32, 32, 3))
+
+
+def test_stage_two_reads_its_oracles_codes_from_the_cache(oracle, lm, monkeypatch):
+    # The `lm` fixture's training cached the oracle's codes of both splits; a second stage II reuses them.
+    _, oracle_model, qstate, task, header = runs.uvim_models(lm)
+    train_ds, test_ds = (runs.dense_data(header, None, None, split) for split in ("train", "test"))
+    monkeypatch.setattr(uvim_train, "run_over", lambda *a: pytest.fail("the oracle's codes were computed again"))
+    again = uvim_train.LMTask(uvim.LMConfig(**header["task"]["lm"]), oracle, train_ds, test_ds, batch_size=8,
+                              seed=1, weight_decay=0.0, data_header={})
+    monkeypatch.undo()
+    np.testing.assert_array_equal(again.test_coded.codes,
+                                  uvim_eval.predict(None, oracle_model, qstate, task, test_ds)[1])
 
 
 def test_sampling_draws_anew_in_every_batch(lm):
