@@ -64,13 +64,13 @@ def attention(attn: eqx.nn.MultiheadAttention, query: Float[Array, "S F"], conte
 
 
 class DecodingCache(NamedTuple):
-    """What a causal stack keeps between steps of token-by-token decoding (one sequence; with `Transformer`, every
-    array gains a leading depth axis). Positions not yet decoded hold zeros and are masked out."""
+    """What a causal stack keeps between steps of token-by-token decoding, for one sequence: every block's arrays,
+    stacked on a leading axis L (the blocks' order). Positions not yet decoded hold zeros and are masked out."""
 
-    keys: Float[Array, "H S D"]  # self-attention keys and values of the positions decoded so far
-    values: Float[Array, "H S D"]
-    context_keys: Float[Array, "H T D"] | None  # cross-attention keys and values of the context, computed once
-    context_values: Float[Array, "H T D"] | None
+    keys: Float[Array, "L H S D"]  # self-attention keys and values of the positions decoded so far
+    values: Float[Array, "L H S D"]
+    context_keys: Float[Array, "L H T D"] | None  # cross-attention keys and values of the context, computed once
+    context_values: Float[Array, "L H T D"] | None
 
 
 class FeedForward(eqx.Module):
@@ -171,7 +171,8 @@ class TransformerBlock(eqx.Module):
         return x + self.dropout(h, key=mlp_key, inference=inference)
 
     def start_decoding(self, seq_len: int, context: Float[Array, "T F"] | None = None) -> DecodingCache:
-        """An empty cache for `decode_step` over `seq_len` positions, with the context's keys and values."""
+        """This block's part of an empty cache over `seq_len` positions (no leading L axis; `Transformer` stacks the
+        blocks' parts), with the context's keys and values."""
         heads, dim = self.self_attn.num_heads, self.self_attn.query_proj.in_features
         empty = jnp.zeros((heads, seq_len, dim // heads), self.self_attn.query_proj.weight.dtype)
         self._check_context(context)
@@ -180,26 +181,29 @@ class TransformerBlock(eqx.Module):
         return DecodingCache(empty, empty, split_heads(self.cross_attn.key_proj, context, heads),
                              split_heads(self.cross_attn.value_proj, context, heads))
 
-    def decode_step(self, x: Float[Array, "1 F"], position: Int[Array, ""],
-                    cache: DecodingCache) -> tuple[Float[Array, "1 F"], DecodingCache]:
-        """The block at one position of a causally masked sequence, given the cache of the earlier positions: the row
-        `position` of `self(x_all, context=..., mask=causal_mask(S), inference=True)`. Returns it and the cache with
-        this position's keys and values added."""
+    def decode_step(self, x: Float[Array, "1 F"], position: Int[Array, ""], layer: Int[Array, ""],
+                    keys: Float[Array, "L H S D"], values: Float[Array, "L H S D"],
+                    context_keys: Float[Array, "H T D"] | None, context_values: Float[Array, "H T D"] | None):
+        """The block at one position of a causally masked sequence, given the stack's cache of the earlier
+        positions (this block's self-attention keys and values at index `layer` of `keys` and `values`, its
+        context's): the row `position` of `self(x_all, context=..., mask=causal_mask(S), inference=True)`. Returns
+        it, and `keys` and `values` with this position's written in. Writing one position into the stack's arrays
+        lets XLA update them in place; updating this block's slice and stacking the slices again copied the whole
+        cache at every step (twice the decoding time of the `quick` UViM stage II)."""
         heads = self.self_attn.num_heads
         h = jax.vmap(self.self_norm)(x)
-        keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, split_heads(self.self_attn.key_proj, h, heads),
-                                                   position, axis=1)
-        values = jax.lax.dynamic_update_slice_in_dim(cache.values, split_heads(self.self_attn.value_proj, h, heads),
-                                                     position, axis=1)
-        visible = (jnp.arange(keys.shape[1]) <= position)[None, :]
-        x = x + attend(self.self_attn, split_heads(self.self_attn.query_proj, h, heads), keys, values, visible,
-                       inference=True)
+        at = (layer, 0, position, 0)
+        keys = jax.lax.dynamic_update_slice(keys, split_heads(self.self_attn.key_proj, h, heads)[None], at)
+        values = jax.lax.dynamic_update_slice(values, split_heads(self.self_attn.value_proj, h, heads)[None], at)
+        visible = (jnp.arange(keys.shape[2]) <= position)[None, :]
+        x = x + attend(self.self_attn, split_heads(self.self_attn.query_proj, h, heads), keys[layer], values[layer],
+                       visible, inference=True)
         if self.cross_attn is not None:
             h = jax.vmap(self.cross_norm)(x)
-            x = x + attend(self.cross_attn, split_heads(self.cross_attn.query_proj, h, heads), cache.context_keys,
-                           cache.context_values, inference=True)
+            x = x + attend(self.cross_attn, split_heads(self.cross_attn.query_proj, h, heads), context_keys,
+                           context_values, inference=True)
         x = x + self.mlp(jax.vmap(self.mlp_norm)(x))
-        return x, cache._replace(keys=keys, values=values)
+        return x, keys, values
 
     def _check_context(self, context: Float[Array, "T F"] | None) -> None:
         if (context is None) != (self.cross_attn is None):
@@ -302,9 +306,12 @@ class Transformer(eqx.Module):
         cache of the earlier ones, in the time of one position instead of S. Returns it and the updated cache."""
         params, static = eqx.partition(self.blocks, eqx.is_array)
 
-        def step(x, block_params_and_cache):
-            block_params, block_cache = block_params_and_cache
-            return eqx.combine(block_params, static).decode_step(x, position, block_cache)
+        def step(carry, block_inputs):
+            x, keys, values = carry
+            block_params, layer, context_keys, context_values = block_inputs
+            block = eqx.combine(block_params, static)
+            return block.decode_step(x, position, layer, keys, values, context_keys, context_values), None
 
-        x, cache = jax.lax.scan(step, x[None], (params, cache))
-        return jax.vmap(self.norm)(x)[0], cache
+        per_block = (params, jnp.arange(self.depth), cache.context_keys, cache.context_values)
+        (x, keys, values), _ = jax.lax.scan(step, (x[None], cache.keys, cache.values), per_block)
+        return jax.vmap(self.norm)(x)[0], cache._replace(keys=keys, values=values)
