@@ -4,13 +4,13 @@ trained with N seeds on one oracle and reported as mean +- standard deviation (s
 usage of the oracle's and of stage II's codes on the test split; the trivial baseline. `--context-ablation` adds the
 paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
 
-Each pipeline runs the CLI: `fsq train uvim-oracle` and `fsq eval` of it (the oracle's and the trivial baseline's
-rows), then `fsq train uvim-lm --seed S` for each seed (its final evaluation is the stage-II row), each for a fixed
-number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stages train side by side (default 2).
-Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes WORKDIR/results.json. The
-defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs of 1024, 600 oracle and
-1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its codes, where a
-4375-code one did not (BENCHMARKS.md, session 9).
+Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed (its final
+evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
+for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stages run side by side
+(default 2). Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes
+WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
+of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
+codes, where a 4375-code one did not (BENCHMARKS.md, session 9).
 
     python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation]
                               [--tasks depth,colorization,panoptic]
@@ -66,17 +66,21 @@ class Stages:
     def table(self, pipelines: dict[str, tuple[Path, str, str, bool]], args) -> dict[str, dict]:
         """{row: result} for `pipelines` ({row: (folder, task, quantizer, context)}): each an oracle, `fsq eval` of
         it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle is queued
-        before any stage II, so that a stage II waiting for its oracle never holds a place another could use."""
-        oracles = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
-        stage2 = {row: [] for row in pipelines}
+        before any stage II, so that a stage II waiting for its oracle never holds a place another could use; an
+        oracle's `fsq eval` is queued after its first stage II, so that the two run side by side (the evaluation
+        repeats the oracle's last one, and stage II does not need it)."""
+        trained = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
+        evaluated, stage2 = {}, {row: [] for row in pipelines}
         for seed in range(args.seeds):
-            for row, (folder, *_) in pipelines.items():
-                stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", oracles[row], args, seed))
+            for row, (folder, task, *_) in pipelines.items():
+                stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", trained[row], args, seed))
+                if seed == 0:
+                    evaluated[row] = self.pool.submit(self.evaluate_oracle, folder / "oracle", task, trained[row])
         try:
             results = {}
             for row, (folder, *_) in pipelines.items():
                 runs_ = [f.result() for f in stage2[row]]
-                results[row] = {"eval": oracles[row].result(), "stage II": [r["greedy"] for r in runs_],
+                results[row] = {"eval": evaluated[row].result(), "stage II": [r["greedy"] for r in runs_],
                                 "seconds": {"oracle": seconds(folder / "oracle"),
                                             "stage II": [r["seconds"] for r in runs_]}}
                 if args.temperature:
@@ -86,24 +90,26 @@ class Stages:
             self.pool.shutdown(cancel_futures=True)  # queued stages do not start; running ones finish and are kept
             raise
 
-    def oracle(self, folder: Path, task: str, quantizer: str, context: bool, args) -> dict:
-        """Train and evaluate one oracle: its `fsq eval` (oracle and trivial-baseline rows)."""
+    def oracle(self, folder: Path, task: str, quantizer: str, context: bool, args) -> None:
+        """Train one oracle."""
         oracle = folder / "oracle"
+        self.run(f"{folder.name}/oracle", oracle, lambda log: train(
+            oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
+            args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
+            args.oracle_steps, *([] if context else ["--no-context"]), log=log))
 
-        def stage(log):
-            train(oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer,
-                  "--codebook-size", args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps,
-                  "--eval-every", args.oracle_steps, *([] if context else ["--no-context"]), log=log)
-            if not runs.evaluation_file(oracle).exists():
-                fsq_cli("eval", "--workdir", oracle, "--task", task, log=log)
-            return json.loads(runs.evaluation_file(oracle).read_text())
+    def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
+        """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
+        trained.result()
+        if not runs.evaluation_file(oracle).exists():
+            self.run(f"{oracle.parent.name}/oracle evaluation", oracle,
+                     lambda log: fsq_cli("eval", "--workdir", oracle, "--task", task, log=log))
+        return json.loads(runs.evaluation_file(oracle).read_text())
 
-        return self.run(f"{folder.name}/oracle", oracle, stage)
-
-    def stage2(self, lm: Path, oracle_done: Future, args, seed: int) -> dict:
-        """Train one stage II once its oracle is done: {"greedy": its final held-out evaluation, "sampled": `fsq eval
+    def stage2(self, lm: Path, oracle_trained: Future, args, seed: int) -> dict:
+        """Train one stage II once its oracle is trained: {"greedy": its final held-out evaluation, "sampled": `fsq eval
         --temperature` of it (with `args.temperature`), "seconds": of training}."""
-        oracle_done.result()
+        oracle_trained.result()
         sampled = runs.evaluation_file(lm, temperature=args.temperature)
 
         def stage(log):

@@ -102,8 +102,11 @@ def fake_stages(monkeypatch):
             (run / f"eval-test-temperature{args[-1]:g}-seed0.json").write_text(json.dumps({"stage II": row}))
             note("sampled", run, log)
             return
+        note("evaluate", run, log)
+        time.sleep(0.05)
         rows = {"oracle (stage I)": {"rmse": 0.25, "usage": 0.9}, "trivial baseline": {"rmse": 2.0}}
         (run / "eval-test.json").write_text(json.dumps(rows))
+        note("evaluated", run, log)
 
     monkeypatch.setattr(uvim_bench, "train", train)
     monkeypatch.setattr(uvim_bench, "fsq_cli", fsq_cli)
@@ -126,7 +129,7 @@ def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fa
         assert [r["rmse"] for r in result["stage II"]] == [0.5, 0.5]
         assert result["seconds"] == {"oracle": 12.0, "stage II": [12.0, 12.0]}
     assert "stage II sampled" not in results["fsq"]
-    order = [(kind, run) for kind, run, _ in events if kind != "sampled"]
+    order = [(kind, run) for kind, run, _ in events if kind in ("start", "end")]
     for folder, *_ in pipelines.values():
         for seed in range(2):
             assert order.index(("end", folder / "oracle")) < order.index(("start", folder / f"lm-seed{seed}"))
@@ -140,6 +143,16 @@ def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fa
             running += 1 if kind == "start" else -1
             peak = max(peak, running)
         assert peak == 2
+
+
+def test_an_oracles_evaluation_runs_beside_its_first_stage_two(fake_stages, tmp_path):
+    uvim_bench, events = fake_stages
+    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True)}
+    results = uvim_bench.Stages(2).table(pipelines, _args(seeds=1))
+    assert results["FSQ"]["eval"]["trivial baseline"] == {"rmse": 2.0}
+    order = [(kind, run.name) for kind, run, _ in events]
+    assert order.index(("end", "oracle")) < order.index(("evaluate", "oracle")) < order.index(("end", "lm-seed0"))
+    assert order.index(("start", "lm-seed0")) < order.index(("evaluated", "oracle"))
 
 
 def test_a_failed_oracle_stops_the_uvim_table_before_its_stage_twos_start(fake_stages, tmp_path):
