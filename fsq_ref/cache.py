@@ -14,6 +14,7 @@ import functools
 import hashlib
 import io
 import os
+import sys
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -61,7 +62,8 @@ def _code_digest() -> str:
 def arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """`make()`'s arrays, read from the cache entry `name` (plus this code's digest) when there is one, else made
     and written there (atomically: a process that reads it meanwhile sees no entry or a whole one). `name` must
-    already tell apart every input that changes the arrays; a damaged entry is made again."""
+    already tell apart every input that changes the arrays; a damaged entry is made again, and one that cannot be
+    written is only warned about on stderr."""
     path = folder() / f"{name}-{_code_digest()}.npz"
     try:
         with np.load(path) as entry:
@@ -69,12 +71,12 @@ def arrays(name: str, make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np
     except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # none yet, or a damaged one: make it
         pass
     made = make()
-    make_folder(path)
     buffer = io.BytesIO()
     np.savez(buffer, **made)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, buffer.getvalue())
-    except OSError as e:
-        raise InputError(f"cannot write the cache entry {path} ({e}): set FSQ_CACHE_DIR to a writable folder") \
-            from None
+    except OSError as e:  # the arrays are made: a cache that cannot keep them only costs the time to make them again
+        print(f"warning: cannot write the cache entry {path} ({e}); it will be made again next time: set "
+              "FSQ_CACHE_DIR to a writable folder", file=sys.stderr, flush=True)
     return made
