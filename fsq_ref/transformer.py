@@ -183,7 +183,8 @@ class TransformerBlock(eqx.Module):
 
     def decode_step(self, x: Float[Array, "1 F"], position: Int[Array, ""], layer: Int[Array, ""],
                     keys: Float[Array, "L H S D"], values: Float[Array, "L H S D"],
-                    context_keys: Float[Array, "H T D"] | None, context_values: Float[Array, "H T D"] | None):
+                    context_keys: Float[Array, "H T D"] | None, context_values: Float[Array, "H T D"] | None
+                    ) -> tuple[Float[Array, "1 F"], Float[Array, "L H S D"], Float[Array, "L H S D"]]:
         """The block at one position of a causally masked sequence, given the stack's cache of the earlier
         positions (this block's self-attention keys and values at index `layer` of `keys` and `values`, its
         context's): the row `position` of `self(x_all, context=..., mask=causal_mask(S), inference=True)`. Returns

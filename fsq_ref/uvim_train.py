@@ -3,8 +3,7 @@
 Stage I trains on (input, target) pairs of a `dense.DenseData`. Stage II needs the guiding code of every training
 target: it is computed once, with the trained oracle, when stage II starts, and kept in the disk cache (`cache`) for
 the next stage II on that oracle (UViM computes it on the fly because it augments its data; we do not augment, so the
-codes never change). Both stages use AdamW with the loop's warm-up and
-cosine schedule.
+codes never change). Both stages use AdamW with the loop's warm-up and cosine schedule.
 
 Evaluation during training runs over the whole test split (`uvim_eval`) and reports the task's metric
 (`dense_tasks`), the codebook usage of the codes involved, and, for stage II, the token accuracy against the oracle's
