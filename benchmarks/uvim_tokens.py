@@ -1,7 +1,8 @@
 """Where a UViM stage II's wrong tokens land, and what they cost: a check of why a stage II with lower token accuracy
 can still decode to a better prediction.
 
-For each stage-II folder, on the test split (greedy decoding, as `fsq eval`):
+For each stage-II folder, on the test split (greedy decoding, as `fsq eval`; `--temperature T` samples, as
+`fsq eval --temperature T`):
 
 - token accuracy against its oracle's codes;
 - over the wrong tokens, the mean distance between the predicted and the right code vector (the vectors the oracle's
@@ -11,7 +12,8 @@ For each stage-II folder, on the test split (greedy decoding, as `fsq eval`):
   for chance;
 - the task metric of three codes through the same decoder: the oracle's, stage II's, and the oracle's with exactly
   stage II's wrong positions replaced by chance codes. Stage II's against the last separates how many tokens are
-  wrong from where the wrong ones land.
+  wrong from where the wrong ones land. The table shows the task's first metric (RMSE, PSNR, PQ); `--metric` picks
+  another of the task's metrics (colorization's colour_fd, say).
 
     python benchmarks/uvim_tokens.py runs/bench-uvim/depth-fsq/lm-seed0 runs/bench-uvim/depth-vq-split/lm-seed0
 """
@@ -34,7 +36,7 @@ def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, flo
     return uvim_eval.score(task, ds, predictions)
 
 
-def analyse(folder: str, limit: int | None, seed: int) -> dict:
+def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0) -> dict:
     if not (Path(folder) / checkpoint.CHECKPOINT).exists():
         raise InputError(f"no run at {folder}: give stage-II folders (`fsq train uvim-lm --workdir FOLDER`)")
     lm, oracle, qstate, task, header = runs.uvim_models(folder)
@@ -43,7 +45,7 @@ def analyse(folder: str, limit: int | None, seed: int) -> dict:
     ds = runs.dense_data(header, None, None, "test", limit)
     print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
     oracle_preds, truth = uvim_eval.predict(None, oracle, qstate, task, ds)
-    stage2_preds, guess = uvim_eval.predict(lm, oracle, qstate, task, ds)
+    stage2_preds, guess = uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
     chance = np.random.default_rng(seed).permutation(truth.ravel()).reshape(truth.shape)
     wrong = guess != truth
     vectors = lambda idx: np.asarray(oracle.quantizer.indices_to_codes(jnp.asarray(idx), qstate))
@@ -69,13 +71,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folders", nargs="+", help="stage-II folders (`fsq train uvim-lm`)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N test examples")
-    parser.add_argument("--seed", type=int, default=0, help="the shuffle that draws chance codes")
+    parser.add_argument("--seed", type=int, default=0, help="the shuffle that draws chance codes, and the sampling")
+    parser.add_argument("--temperature", type=float, default=0.0, help="stage II samples at T (0: greedy)")
+    parser.add_argument("--metric", default=None, help="which of the task's metrics (default: its first)")
     args = parser.parse_args()
     try:
-        rows = {folder: analyse(folder, args.limit, args.seed) for folder in args.folders}
+        rows = {folder: analyse(folder, args.limit, args.seed, args.temperature) for folder in args.folders}
+        metrics = list(next(iter(rows.values()))["metrics"]["oracle"])
+        metric = args.metric or metrics[0]  # the task's first metric: RMSE, PSNR, PQ
+        if any(metric not in row["metrics"]["oracle"] for row in rows.values()):
+            raise InputError(f"--metric {metric} is not a metric of every folder's task: give one of "
+                             f"{', '.join(metrics)}, and folders of one task")
     except InputError as e:
         sys.exit(f"error: {e}")
-    metric = next(iter(next(iter(rows.values()))["metrics"]["oracle"]))  # the task's first metric (RMSE, PQ, PSNR)
     print(f"| stage II | token accuracy | wrong tokens: distance / chance | FSQ: one step off (chance) | "
           f"{metric}: oracle code | stage II code | oracle code, chance at stage II's wrong tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|")

@@ -109,6 +109,25 @@ def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_again
     decoded = uvim_tokens.decoded_metric(oracle, qstate, task, ds, truth)
     assert decoded["pq"] == pytest.approx(rows["oracle (stage I)"]["pq"])
     assert row["distance ratio"] > 0 and 0 <= row["one step (chance)"] <= 1 and 0 <= row["one step"] <= 1
+    # Sampled, it draws stage II's codes as `fsq eval --temperature --seed` does.
+    hot = uvim_tokens.analyse(str(lm), limit=16, seed=3, temperature=1.0)
+    rows = runs.evaluate(lm, limit=16, temperature=1.0, seed=3)[0]
+    assert hot["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
+    assert hot["metrics"]["stage II"]["pq"] == pytest.approx(rows["stage II"]["pq"])
+    assert hot["metrics"]["stage II"] != row["metrics"]["stage II"]
+
+
+def test_the_token_analysis_prints_the_metric_asked_for_and_refuses_one_the_task_lacks(lm, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import uvim_tokens
+
+    monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--limit", "8", "--metric", "rq"])
+    uvim_tokens.main()
+    header, rule, line = capsys.readouterr().out.splitlines()[:3]
+    assert "rq: oracle code" in header and line.startswith(f"| {lm} |")
+    monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--limit", "8", "--metric", "rmse"])
+    with pytest.raises(SystemExit, match="--metric rmse is not a metric .* give one of pq, "):
+        uvim_tokens.main()
 
 
 @pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split"]),
