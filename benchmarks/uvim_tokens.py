@@ -13,7 +13,9 @@ For each stage-II folder, on the test split (greedy decoding, as `fsq eval`; `--
 - the task metric of three codes through the same decoder: the oracle's, stage II's, and the oracle's with exactly
   stage II's wrong positions replaced by chance codes. Stage II's against the last separates how many tokens are
   wrong from where the wrong ones land. The table shows the task's first metric (RMSE, PSNR, PQ); `--metric` picks
-  another of the task's metrics (colorization's colour_fd, say).
+  another of the task's metrics (colorization's colour_fd, say);
+- with `--chance-share P`, the metric of the oracle's code with a random share P of its positions (the same ones
+  for every folder) replaced by chance codes: how much each decoder loses per wrong token at equal token accuracy.
 
     python benchmarks/uvim_tokens.py runs/bench-uvim/depth-fsq/lm-seed0 runs/bench-uvim/depth-vq-split/lm-seed0
 """
@@ -36,7 +38,8 @@ def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, flo
     return uvim_eval.score(task, ds, predictions)
 
 
-def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0) -> dict:
+def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0,
+            chance_share: float | None = None) -> dict:
     if not (Path(folder) / checkpoint.CHECKPOINT).exists():
         raise InputError(f"no run at {folder}: give stage-II folders (`fsq train uvim-lm --workdir FOLDER`)")
     lm, oracle, qstate, task, header = runs.uvim_models(folder)
@@ -64,6 +67,9 @@ def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0)
     row["metrics"] = {"oracle": uvim_eval.score(task, ds, oracle_preds),
                       "stage II": uvim_eval.score(task, ds, stage2_preds),
                       "chance at wrong": decoded_metric(oracle, qstate, task, ds, np.where(wrong, chance, truth))}
+    if chance_share is not None:
+        share = np.random.default_rng(seed + 1).random(truth.shape) < chance_share
+        row["metrics"]["chance at share"] = decoded_metric(oracle, qstate, task, ds, np.where(share, chance, truth))
     return row
 
 
@@ -74,9 +80,14 @@ def main():
     parser.add_argument("--seed", type=int, default=0, help="the shuffle that draws chance codes, and the sampling")
     parser.add_argument("--temperature", type=float, default=0.0, help="stage II samples at T (0: greedy)")
     parser.add_argument("--metric", default=None, help="which of the task's metrics (default: its first)")
+    parser.add_argument("--chance-share", type=float, default=None,
+                        help="also decode the oracle's code with this share of positions drawn by chance")
     args = parser.parse_args()
     try:
-        rows = {folder: analyse(folder, args.limit, args.seed, args.temperature) for folder in args.folders}
+        if args.chance_share is not None and not 0 <= args.chance_share <= 1:
+            raise InputError(f"--chance-share {args.chance_share} is not a share: give a number from 0 to 1")
+        rows = {folder: analyse(folder, args.limit, args.seed, args.temperature, args.chance_share)
+                for folder in args.folders}
         metrics = list(next(iter(rows.values()))["metrics"]["oracle"])
         metric = args.metric or metrics[0]  # the task's first metric: RMSE, PSNR, PQ
         if any(metric not in row["metrics"]["oracle"] for row in rows.values()):
@@ -84,14 +95,16 @@ def main():
                              f"{', '.join(metrics)}, and folders of one task")
     except InputError as e:
         sys.exit(f"error: {e}")
+    shared = "" if args.chance_share is None else f" oracle code, chance at {args.chance_share:.1%} of positions |"
     print(f"| stage II | token accuracy | wrong tokens: distance / chance | FSQ: one step off (chance) | "
-          f"{metric}: oracle code | stage II code | oracle code, chance at stage II's wrong tokens |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          f"{metric}: oracle code | stage II code | oracle code, chance at stage II's wrong tokens |{shared}")
+    print("|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if shared else ""))
     for folder, row in rows.items():
         one_step = (f"{row['one step']:.1%} ({row['one step (chance)']:.1%})" if "one step" in row else "-")
         m = row["metrics"]
+        decoded = [m[k][metric] for k in ("oracle", "stage II", "chance at wrong", "chance at share") if k in m]
         print(f"| {folder} | {row['token accuracy']:.1%} | {row['distance ratio']:.2f} | {one_step} | "
-              f"{m['oracle'][metric]:.4g} | {m['stage II'][metric]:.4g} | {m['chance at wrong'][metric]:.4g} |")
+              + " | ".join(f"{v:.4g}" for v in decoded) + " |")
     print("command: python benchmarks/uvim_tokens.py " + " ".join(sys.argv[1:]))
 
 

@@ -121,12 +121,18 @@ def test_the_token_analysis_prints_the_metric_asked_for_and_refuses_one_the_task
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import uvim_tokens
 
-    monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--limit", "8", "--metric", "rq"])
+    monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--limit", "8", "--metric", "rq",
+                                      "--chance-share", "0"])
     uvim_tokens.main()
     header, rule, line = capsys.readouterr().out.splitlines()[:3]
-    assert "rq: oracle code" in header and line.startswith(f"| {lm} |")
+    assert "rq: oracle code" in header and "chance at 0.0% of positions" in header and line.startswith(f"| {lm} |")
+    oracle, *_, nothing_drawn = line.strip("| ").split(" | ")[4:]
+    assert nothing_drawn == oracle  # no position drawn by chance: the oracle's own code
     monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--limit", "8", "--metric", "rmse"])
     with pytest.raises(SystemExit, match="--metric rmse is not a metric .* give one of pq, "):
+        uvim_tokens.main()
+    monkeypatch.setattr(sys, "argv", ["uvim_tokens.py", str(lm), "--chance-share", "1.5"])
+    with pytest.raises(SystemExit, match="--chance-share 1.5 is not a share"):
         uvim_tokens.main()
 
 
