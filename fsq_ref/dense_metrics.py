@@ -54,15 +54,15 @@ class DepthMetric:
         return {"rmse": float(rmse), "abs_rel": float(abs_rel), "delta1": float(delta1)}
 
 
-def chroma_histograms(images: np.ndarray) -> np.ndarray:
-    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601), [N, CHROMA_BINS**2]."""
+def chroma_histograms(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
+    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601) with `bins` per axis, [N, bins**2]."""
     rgb = images.astype(np.float64) / 255.0
     cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]  # in [-0.5, 0.5]
     cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
-    to_bin = lambda c: np.clip(((c + 0.5) * CHROMA_BINS).astype(np.int64), 0, CHROMA_BINS - 1)
-    flat = (to_bin(cb) * CHROMA_BINS + to_bin(cr)).reshape(len(images), -1)
-    offsets = np.arange(len(images))[:, None] * CHROMA_BINS**2
-    counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * CHROMA_BINS**2)
+    to_bin = lambda c: np.clip(((c + 0.5) * bins).astype(np.int64), 0, bins - 1)
+    flat = (to_bin(cb) * bins + to_bin(cr)).reshape(len(images), -1)
+    offsets = np.arange(len(images))[:, None] * bins**2
+    counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * bins**2)
     return counts.reshape(len(images), -1) / flat.shape[1]
 
 

@@ -136,6 +136,38 @@ def test_the_token_analysis_prints_the_metric_asked_for_and_refuses_one_the_task
         uvim_tokens.main()
 
 
+def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm, tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import colour_fd
+
+    oracle = tmp_path / "oracle"
+    assert invoke("train", "uvim-oracle", "--task", "colorization", *DATA, "--codebook-size", 64, "--steps", 3,
+                  "--workdir", oracle).exit_code == 0
+    stage2 = tmp_path / "lm"
+    assert invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps", 3,
+                  "--workdir", stage2).exit_code == 0
+    row = colour_fd.analyse(str(stage2), [8, 16], limit=16, seed=0, temperature=0.0)
+    rows = runs.evaluate(stage2, limit=16)[0]  # `fsq eval`'s rows: its colour FD has 8 bins per axis
+    for name, eval_row in (("oracle", "oracle (stage I)"), ("stage II", "stage II")):
+        assert row["bins"][8][name]["fd"] == pytest.approx(rows[eval_row]["colour_fd"])
+    for terms in row["bins"].values():
+        s = terms["stage II"]
+        assert s["mean term"] >= 0 and s["mean term"] + s["covariance terms"] == pytest.approx(s["fd"])
+    # Chroma: none in grey, and pure blue's is |(Cb, Cr)| = |(0.5, -0.0813)|.
+    grey, blue = np.full((1, 2, 2, 3), 90, np.uint8), np.zeros((1, 2, 2, 3), np.uint8)
+    blue[..., 2] = 255
+    assert colour_fd.chroma(grey) == pytest.approx(0.0, abs=1e-12)
+    assert colour_fd.chroma(blue) == pytest.approx(np.hypot(0.5, 0.081312))
+    monkeypatch.setattr(sys, "argv", ["colour_fd.py", str(stage2), "--limit", "8", "--bins", "8"])
+    colour_fd.main()
+    assert capsys.readouterr().out.splitlines()[2].startswith(f"| {stage2} | 8 | ")
+    for argv, message in (([str(lm)], "is not a colorization stage II"),
+                          ([str(stage2), "--bins", "4,x"], "--bins 4,x is not a list of bin counts")):
+        monkeypatch.setattr(sys, "argv", ["colour_fd.py", *argv])
+        with pytest.raises(SystemExit, match=message):
+            colour_fd.main()
+
+
 @pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split"]),
                                            ("colorization", ["--quantizer", "vq-nosplit", "--no-context"])])
 def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):

@@ -1,0 +1,94 @@
+"""Where a colorization stage II's colour Frechet distance comes from.
+
+The colour FD (`fsq eval`'s colour_fd) is the Frechet distance between Gaussians fitted to the per-image chroma
+histograms of the targets and of the predictions (8 x 8 bins over Cb, Cr; x100). It adds two parts: the squared
+distance between the two mean histograms (where, on average, the predicted pixels' chroma lands) and the covariance
+terms (how the histograms vary from image to image). For each stage-II folder, on the test split (greedy decoding
+as `fsq eval`; `--temperature T` samples), this prints both parts at several histogram resolutions, for stage II
+and for its oracle, and the mean chroma magnitude (saturation) of the predictions against the targets'. A gap
+between two stage IIs that lives in the mean term at one resolution and fades at a finer one is about which
+chroma bins washed-out pixels fall in, not about how much colour or how much variety the predictions have.
+
+    python benchmarks/colour_fd.py runs/bench-uvim/colorization-{fsq,vq-split,vq-nosplit}/lm-seed0
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fsq_ref import checkpoint, dense_metrics, metrics, runs, uvim_eval
+from fsq_ref.errors import InputError
+
+
+def chroma(images: np.ndarray) -> float:
+    """Mean chroma magnitude |(Cb, Cr)| (BT.601, of [0, 1] RGB) over all pixels of `images` uint8 [N, H, W, 3]."""
+    rgb = images.astype(np.float64) / 255.0
+    cb = rgb @ np.array([-0.168736, -0.331264, 0.5])
+    cr = rgb @ np.array([0.5, -0.418688, -0.081312])
+    return float(np.mean(np.hypot(cb, cr)))
+
+
+def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int) -> dict[str, float]:
+    """The colour FD (x100) of `fake` against `real` with `bins` per chroma axis, and its mean-histogram term."""
+    a, b = dense_metrics.chroma_histograms(real, bins), dense_metrics.chroma_histograms(fake, bins)
+    total = 100.0 * metrics.frechet_distance(a, b)
+    mean = 100.0 * float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2))
+    return {"fd": total, "mean term": mean, "covariance terms": total - mean}
+
+
+def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperature: float) -> dict:
+    if not (Path(folder) / checkpoint.CHECKPOINT).exists():
+        raise InputError(f"no run at {folder}: give colorization stage-II folders (`fsq train uvim-lm`)")
+    lm, oracle, qstate, task, header = runs.uvim_models(folder)
+    if lm is None or task.name != "colorization":
+        raise InputError(f"{folder} is not a colorization stage II: give folders of "
+                         "`fsq train uvim-lm --oracle ORACLE` where ORACLE was trained with --task colorization")
+    ds = runs.dense_data(header, None, None, "test", limit)
+    print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
+    real = ds.images
+    fakes = {"oracle": uvim_eval.predict(None, oracle, qstate, task, ds)[0]["image"],
+             "stage II": uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature,
+                                           seed=seed)[0]["image"]}
+    return {"chroma": {"target": chroma(real), **{k: chroma(v) for k, v in fakes.items()}},
+            "bins": {n: {k: fd_terms(real, v, n) for k, v in fakes.items()} for n in bins}}
+
+
+def parse_bins(text: str) -> list[int]:
+    try:
+        bins = [int(b) for b in text.split(",")]
+    except ValueError:
+        bins = []
+    if not bins or min(bins) < 1:
+        raise InputError(f"--bins {text} is not a list of bin counts: give positive integers, e.g. 4,8,16")
+    return bins
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folders", nargs="+", help="colorization stage-II run folders")
+    parser.add_argument("--bins", default="4,8,16", help="chroma histogram bins per axis (8: `fsq eval`'s)")
+    parser.add_argument("--limit", type=int, default=None, help="first N test examples (default: all)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="stage II samples at T (0: greedy)")
+    parser.add_argument("--seed", type=int, default=0, help="the sampling's seed")
+    args = parser.parse_args()
+    try:
+        bins = parse_bins(args.bins)
+        rows = {folder: analyse(folder, bins, args.limit, args.seed, args.temperature) for folder in args.folders}
+    except InputError as e:
+        sys.exit(f"error: {e}")
+    print("| stage II | chroma bins | colour FD: oracle | stage II | stage II: mean-histogram term | covariance terms "
+          "| mean chroma: stage II (oracle, target) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for folder, row in rows.items():
+        c = row["chroma"]
+        for n, terms in row["bins"].items():
+            s = terms["stage II"]
+            print(f"| {folder} | {n} | {terms['oracle']['fd']:.4g} | {s['fd']:.4g} | {s['mean term']:.4g} | "
+                  f"{s['covariance terms']:.4g} | {c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) |")
+    print("command: python benchmarks/colour_fd.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
