@@ -3,11 +3,12 @@
 The colour FD (`fsq eval`'s colour_fd) is the Frechet distance between Gaussians fitted to the per-image chroma
 histograms of the targets and of the predictions (8 x 8 bins over Cb, Cr; x100). It adds two parts: the squared
 distance between the two mean histograms (where, on average, the predicted pixels' chroma lands) and the covariance
-terms (how the histograms vary from image to image). For each stage-II folder, on the test split (greedy decoding
-as `fsq eval`; `--temperature T` samples), this prints both parts at several histogram resolutions, for stage II
-and for its oracle, and the mean chroma magnitude (saturation) of the predictions against the targets'. A gap
-between two stage IIs that lives in the mean term at one resolution and fades at a finer one is about which
-chroma bins washed-out pixels fall in, not about how much colour or how much variety the predictions have.
+terms (how the histograms vary from image to image). For each stage-II folder, on the test split (greedy decoding as
+`fsq eval`; `--temperature T` samples), this prints both parts at several histogram resolutions, for stage II and
+for its oracle, the two chroma bins whose average share of stage II's pixels is furthest from the targets', and the
+mean chroma magnitude (saturation) of the predictions against the targets'. A gap between two stage IIs that lives
+in the mean term at one resolution and fades at a finer one is about which chroma bins washed-out pixels fall in,
+not about how much colour or how much variety the predictions have.
 
     python benchmarks/colour_fd.py runs/bench-uvim/colorization-{fsq,vq-split,vq-nosplit}/lm-seed0
 """
@@ -34,8 +35,11 @@ def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int) -> dict[str, float]:
     """The colour FD (x100) of `fake` against `real` with `bins` per chroma axis, and its mean-histogram term."""
     a, b = dense_metrics.chroma_histograms(real, bins), dense_metrics.chroma_histograms(fake, bins)
     total = 100.0 * metrics.frechet_distance(a, b)
-    mean = 100.0 * float(np.sum((a.mean(axis=0) - b.mean(axis=0)) ** 2))
-    return {"fd": total, "mean term": mean, "covariance terms": total - mean}
+    excess = b.mean(axis=0) - a.mean(axis=0)  # the share of all pixels each bin has too many (or too few)
+    mean = 100.0 * float(np.sum(excess**2))
+    centre = lambda i: ((i // bins + 0.5) / bins - 0.5, (i % bins + 0.5) / bins - 0.5)  # (Cb, Cr) of bin i
+    largest = [(*centre(i), float(excess[i])) for i in np.argsort(-np.abs(excess))[:2]]
+    return {"fd": total, "mean term": mean, "covariance terms": total - mean, "largest excess": largest}
 
 
 def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperature: float) -> dict:
@@ -79,14 +83,16 @@ def main():
     except InputError as e:
         sys.exit(f"error: {e}")
     print("| stage II | chroma bins | colour FD: oracle | stage II | stage II: mean-histogram term | covariance terms "
-          "| mean chroma: stage II (oracle, target) |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+          "| stage II's largest excess: (Cb, Cr) share of pixels | mean chroma: stage II (oracle, target) |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|")
     for folder, row in rows.items():
         c = row["chroma"]
         for n, terms in row["bins"].items():
             s = terms["stage II"]
+            excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {e:+.1%}" for cb, cr, e in s["largest excess"])
             print(f"| {folder} | {n} | {terms['oracle']['fd']:.4g} | {s['fd']:.4g} | {s['mean term']:.4g} | "
-                  f"{s['covariance terms']:.4g} | {c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) |")
+                  f"{s['covariance terms']:.4g} | {excess} | "
+                  f"{c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) |")
     print("command: python benchmarks/colour_fd.py " + " ".join(sys.argv[1:]))
 
 

@@ -158,6 +158,11 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     blue[..., 2] = 255
     assert colour_fd.chroma(grey) == pytest.approx(0.0, abs=1e-12)
     assert colour_fd.chroma(blue) == pytest.approx(np.hypot(0.5, 0.081312))
+    # Grey targets, blue predictions, 2 bins per axis: every pixel moved from bin (+, +) (chroma 0 rounds up) to
+    # (+, -); the mean term is 100 x (1^2 + 1^2), and those two bins are the largest excesses.
+    terms = colour_fd.fd_terms(np.repeat(grey, 3, axis=0), np.repeat(blue, 3, axis=0), 2)
+    assert terms["mean term"] == pytest.approx(200.0)
+    assert sorted(terms["largest excess"]) == [(0.25, -0.25, 1.0), (0.25, 0.25, -1.0)]
     monkeypatch.setattr(sys, "argv", ["colour_fd.py", str(stage2), "--limit", "8", "--bins", "8"])
     colour_fd.main()
     assert capsys.readouterr().out.splitlines()[2].startswith(f"| {stage2} | 8 | ")
