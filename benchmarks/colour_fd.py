@@ -5,10 +5,11 @@ histograms of the targets and of the predictions (8 x 8 bins over Cb, Cr; x100).
 distance between the two mean histograms (where, on average, the predicted pixels' chroma lands) and the covariance
 terms (how the histograms vary from image to image). For each stage-II folder, on the test split (greedy decoding as
 `fsq eval`; `--temperature T` samples), this prints both parts at several histogram resolutions, for stage II and
-for its oracle, the two chroma bins whose average share of stage II's pixels is furthest from the targets', and the
-mean chroma magnitude (saturation) of the predictions against the targets'. A gap between two stage IIs that lives
-in the mean term at one resolution and fades at a finer one is about which chroma bins washed-out pixels fall in,
-not about how much colour or how much variety the predictions have.
+for its oracle, the two chroma bins whose average share of stage II's pixels is furthest from the targets', the mean
+chroma magnitude (saturation) of the predictions against the targets', and, where the data have panoptic labels, the
+mean chroma error per pixel in stuff (whose colour the grey input tells) and in things. A gap between two stage IIs
+that lives in the mean term is about where, on average, their pixels' chroma lands, not about how the histograms
+vary from image to image.
 
     python benchmarks/colour_fd.py runs/bench-uvim/colorization-{fsq,vq-split,vq-nosplit}/lm-seed0
 """
@@ -23,12 +24,19 @@ from fsq_ref import checkpoint, dense_metrics, metrics, runs, uvim_eval
 from fsq_ref.errors import InputError
 
 
+def cbcr(images: np.ndarray) -> np.ndarray:
+    """Chroma (Cb, Cr of BT.601, each in [-0.5, 0.5]) of uint8 RGB `images` [..., 3]: [..., 2]."""
+    return images.astype(np.float64) / 255.0 @ np.array([[-0.168736, 0.5], [-0.331264, -0.418688], [0.5, -0.081312]])
+
+
 def chroma(images: np.ndarray) -> float:
-    """Mean chroma magnitude |(Cb, Cr)| (BT.601, of [0, 1] RGB) over all pixels of `images` uint8 [N, H, W, 3]."""
-    rgb = images.astype(np.float64) / 255.0
-    cb = rgb @ np.array([-0.168736, -0.331264, 0.5])
-    cr = rgb @ np.array([0.5, -0.418688, -0.081312])
-    return float(np.mean(np.hypot(cb, cr)))
+    """Mean chroma magnitude |(Cb, Cr)| over all pixels of `images` uint8 [N, H, W, 3]."""
+    return float(np.mean(np.linalg.norm(cbcr(images), axis=-1)))
+
+
+def chroma_error(real: np.ndarray, fake: np.ndarray, where: np.ndarray) -> float:
+    """Mean |(Cb, Cr) of fake - (Cb, Cr) of real| over the pixels `where` (bool [N, H, W])."""
+    return float(np.mean(np.linalg.norm(cbcr(fake) - cbcr(real), axis=-1)[where]))
 
 
 def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int) -> dict[str, float]:
@@ -55,7 +63,12 @@ def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperat
     fakes = {"oracle": uvim_eval.predict(None, oracle, qstate, task, ds)[0]["image"],
              "stage II": uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature,
                                            seed=seed)[0]["image"]}
-    return {"chroma": {"target": chroma(real), **{k: chroma(v) for k, v in fakes.items()}},
+    errors = {}
+    if ds.semantic is not None:  # the error in stuff (ground, wall: their hue follows the material) and in things
+        things = np.isin(ds.semantic, ds.thing_classes)
+        errors = {k: {"stuff": chroma_error(real, v, ~things), "things": chroma_error(real, v, things)}
+                  for k, v in fakes.items()}
+    return {"chroma": {"target": chroma(real), **{k: chroma(v) for k, v in fakes.items()}}, "errors": errors,
             "bins": {n: {k: fd_terms(real, v, n) for k, v in fakes.items()} for n in bins}}
 
 
@@ -83,16 +96,19 @@ def main():
     except InputError as e:
         sys.exit(f"error: {e}")
     print("| stage II | chroma bins | colour FD: oracle | stage II | stage II: mean-histogram term | covariance terms "
-          "| stage II's largest excess: (Cb, Cr) share of pixels | mean chroma: stage II (oracle, target) |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|")
+          "| stage II's largest excess: (Cb, Cr) share of pixels | mean chroma: stage II (oracle, target) "
+          "| chroma error, stuff / things: stage II (oracle) |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for folder, row in rows.items():
-        c = row["chroma"]
+        c, e = row["chroma"], row["errors"]
+        errors = (f"{e['stage II']['stuff']:.4f} / {e['stage II']['things']:.4f} "
+                  f"({e['oracle']['stuff']:.4f} / {e['oracle']['things']:.4f})" if e else "-")
         for n, terms in row["bins"].items():
             s = terms["stage II"]
             excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {e:+.1%}" for cb, cr, e in s["largest excess"])
             print(f"| {folder} | {n} | {terms['oracle']['fd']:.4g} | {s['fd']:.4g} | {s['mean term']:.4g} | "
                   f"{s['covariance terms']:.4g} | {excess} | "
-                  f"{c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) |")
+                  f"{c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) | {errors} |")
     print("command: python benchmarks/colour_fd.py " + " ".join(sys.argv[1:]))
 
 

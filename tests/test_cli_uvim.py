@@ -158,6 +158,9 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     blue[..., 2] = 255
     assert colour_fd.chroma(grey) == pytest.approx(0.0, abs=1e-12)
     assert colour_fd.chroma(blue) == pytest.approx(np.hypot(0.5, 0.081312))
+    where = np.array([[[True, False], [False, False]]])
+    assert colour_fd.chroma_error(grey, blue, where) == pytest.approx(np.hypot(0.5, 0.081312))
+    assert colour_fd.chroma_error(blue, blue, ~where) == pytest.approx(0.0, abs=1e-12)
     # Grey targets, blue predictions, 2 bins per axis: every pixel moved from bin (+, +) (chroma 0 rounds up) to
     # (+, -); the mean term is 100 x (1^2 + 1^2), and those two bins are the largest excesses.
     terms = colour_fd.fd_terms(np.repeat(grey, 3, axis=0), np.repeat(blue, 3, axis=0), 2)
@@ -165,7 +168,8 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     assert sorted(terms["largest excess"]) == [(0.25, -0.25, 1.0), (0.25, 0.25, -1.0)]
     monkeypatch.setattr(sys, "argv", ["colour_fd.py", str(stage2), "--limit", "8", "--bins", "8"])
     colour_fd.main()
-    assert capsys.readouterr().out.splitlines()[2].startswith(f"| {stage2} | 8 | ")
+    line = capsys.readouterr().out.splitlines()[2]
+    assert line.startswith(f"| {stage2} | 8 | ") and line.split(" | ")[-1].count("/") == 2  # stuff / things
     for argv, message in (([str(lm)], "is not a colorization stage II"),
                           ([str(stage2), "--bins", "4,x"], "--bins 4,x is not a list of bin counts")):
         monkeypatch.setattr(sys, "argv", ["colour_fd.py", *argv])
