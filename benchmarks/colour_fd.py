@@ -24,19 +24,15 @@ from fsq_ref import checkpoint, dense_metrics, metrics, runs, uvim_eval
 from fsq_ref.errors import InputError
 
 
-def cbcr(images: np.ndarray) -> np.ndarray:
-    """Chroma (Cb, Cr of BT.601, each in [-0.5, 0.5]) of uint8 RGB `images` [..., 3]: [..., 2]."""
-    return images.astype(np.float64) / 255.0 @ np.array([[-0.168736, 0.5], [-0.331264, -0.418688], [0.5, -0.081312]])
-
-
 def chroma(images: np.ndarray) -> float:
     """Mean chroma magnitude |(Cb, Cr)| over all pixels of `images` uint8 [N, H, W, 3]."""
-    return float(np.mean(np.linalg.norm(cbcr(images), axis=-1)))
+    return float(np.mean(np.hypot(*dense_metrics.cbcr(images))))
 
 
 def chroma_error(real: np.ndarray, fake: np.ndarray, where: np.ndarray) -> float:
     """Mean |(Cb, Cr) of fake - (Cb, Cr) of real| over the pixels `where` (bool [N, H, W])."""
-    return float(np.mean(np.linalg.norm(cbcr(fake) - cbcr(real), axis=-1)[where]))
+    (cb_fake, cr_fake), (cb_real, cr_real) = dense_metrics.cbcr(fake), dense_metrics.cbcr(real)
+    return float(np.mean(np.hypot(cb_fake - cb_real, cr_fake - cr_real)[where]))
 
 
 def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int) -> dict[str, float]:

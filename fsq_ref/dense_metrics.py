@@ -54,11 +54,19 @@ class DepthMetric:
         return {"rmse": float(rmse), "abs_rel": float(abs_rel), "delta1": float(delta1)}
 
 
+def cbcr(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Chroma (Cb, Cr of BT.601, each in [-0.5, 0.5]) of uint8 RGB `images` [..., 3]: two float64 [...] arrays.
+    Summed term by term: a matrix product rounds a grey pixel's zero chroma differently and moves some grey values
+    across the central bin edge of the histograms below, which would change every colour FD."""
+    rgb = images.astype(np.float64) / 255.0
+    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
+    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    return cb, cr
+
+
 def chroma_histograms(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
     """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601) with `bins` per axis, [N, bins**2]."""
-    rgb = images.astype(np.float64) / 255.0
-    cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]  # in [-0.5, 0.5]
-    cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
+    cb, cr = cbcr(images)
     to_bin = lambda c: np.clip(((c + 0.5) * bins).astype(np.int64), 0, bins - 1)
     flat = (to_bin(cb) * bins + to_bin(cr)).reshape(len(images), -1)
     offsets = np.arange(len(images))[:, None] * bins**2
