@@ -5,11 +5,11 @@ histograms of the targets and of the predictions (8 x 8 bins over Cb, Cr; x100).
 distance between the two mean histograms (where, on average, the predicted pixels' chroma lands) and the covariance
 terms (how the histograms vary from image to image). For each stage-II folder, on the test split (greedy decoding as
 `fsq eval`; `--temperature T` samples), this prints both parts at several histogram resolutions, for stage II and
-for its oracle, the two chroma bins whose average share of stage II's pixels is furthest from the targets', the mean
-chroma magnitude (saturation) of the predictions against the targets', and, where the data have panoptic labels, the
-mean chroma error per pixel in stuff (whose colour the grey input tells) and in things. A gap between two stage IIs
-that lives in the mean term is about where, on average, their pixels' chroma lands, not about how the histograms
-vary from image to image.
+for its oracle, the two chroma bins whose average share of stage II's pixels is furthest from the targets' (and how
+much of that excess lies on things), the mean chroma magnitude (saturation) of the predictions against the targets',
+and, where the data have panoptic labels, the mean chroma error per pixel in stuff (whose colour the grey input
+tells) and in things. A gap between two stage IIs that lives in the mean term is about where, on average, their
+pixels' chroma lands, not about how the histograms vary from image to image.
 
     python benchmarks/colour_fd.py runs/bench-uvim/colorization-{fsq,vq-split,vq-nosplit}/lm-seed0
 """
@@ -35,14 +35,19 @@ def chroma_error(real: np.ndarray, fake: np.ndarray, where: np.ndarray) -> float
     return float(np.mean(np.hypot(cb_fake - cb_real, cr_fake - cr_real)[where]))
 
 
-def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int) -> dict[str, float]:
-    """The colour FD (x100) of `fake` against `real` with `bins` per chroma axis, and its mean-histogram term."""
+def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int, things: np.ndarray | None = None) -> dict:
+    """The colour FD (x100) of `fake` against `real` with `bins` per chroma axis, its mean-histogram term, and the two
+    bins with the largest excess: (Cb, Cr, excess, excess on the pixels `things`), each excess a share of all pixels
+    (the last None without `things`, bool [N, H, W])."""
     a, b = dense_metrics.chroma_histograms(real, bins), dense_metrics.chroma_histograms(fake, bins)
     total = 100.0 * metrics.frechet_distance(a, b)
     excess = b.mean(axis=0) - a.mean(axis=0)  # the share of all pixels each bin has too many (or too few)
     mean = 100.0 * float(np.sum(excess**2))
+    real_bins, fake_bins = dense_metrics.chroma_bins(real, bins), dense_metrics.chroma_bins(fake, bins)
+    on_things = lambda i: (None if things is None else
+                           float(np.sum((fake_bins == i) & things) - np.sum((real_bins == i) & things)) / things.size)
     centre = lambda i: ((i // bins + 0.5) / bins - 0.5, (i % bins + 0.5) / bins - 0.5)  # (Cb, Cr) of bin i
-    largest = [(*centre(i), float(excess[i])) for i in np.argsort(-np.abs(excess))[:2]]
+    largest = [(*centre(i), float(excess[i]), on_things(i)) for i in np.argsort(-np.abs(excess))[:2]]
     return {"fd": total, "mean term": mean, "covariance terms": total - mean, "largest excess": largest}
 
 
@@ -59,13 +64,13 @@ def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperat
     fakes = {"oracle": uvim_eval.predict(None, oracle, qstate, task, ds)[0]["image"],
              "stage II": uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature,
                                            seed=seed)[0]["image"]}
-    errors = {}
+    errors, things = {}, None
     if ds.semantic is not None:  # the error in stuff (ground, wall: their hue follows the material) and in things
         things = np.isin(ds.semantic, ds.thing_classes)
         errors = {k: {"stuff": chroma_error(real, v, ~things), "things": chroma_error(real, v, things)}
                   for k, v in fakes.items()}
     return {"chroma": {"target": chroma(real), **{k: chroma(v) for k, v in fakes.items()}}, "errors": errors,
-            "bins": {n: {k: fd_terms(real, v, n) for k, v in fakes.items()} for n in bins}}
+            "bins": {n: {k: fd_terms(real, v, n, things) for k, v in fakes.items()} for n in bins}}
 
 
 def parse_bins(text: str) -> list[int]:
@@ -92,8 +97,8 @@ def main():
     except InputError as e:
         sys.exit(f"error: {e}")
     print("| stage II | chroma bins | colour FD: oracle | stage II | stage II: mean-histogram term | covariance terms "
-          "| stage II's largest excess: (Cb, Cr) share of pixels | mean chroma: stage II (oracle, target) "
-          "| chroma error, stuff / things: stage II (oracle) |")
+          "| stage II's largest excess: (Cb, Cr) share of all pixels (of which on things) "
+          "| mean chroma: stage II (oracle, target) | chroma error, stuff / things: stage II (oracle) |")
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for folder, row in rows.items():
         c, e = row["chroma"], row["errors"]
@@ -101,7 +106,8 @@ def main():
                   f"({e['oracle']['stuff']:.4f} / {e['oracle']['things']:.4f})" if e else "-")
         for n, terms in row["bins"].items():
             s = terms["stage II"]
-            excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {e:+.1%}" for cb, cr, e in s["largest excess"])
+            excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {e:+.1%}" + ("" if t is None else f" (things {t:+.1%})")
+                               for cb, cr, e, t in s["largest excess"])
             print(f"| {folder} | {n} | {terms['oracle']['fd']:.4g} | {s['fd']:.4g} | {s['mean term']:.4g} | "
                   f"{s['covariance terms']:.4g} | {excess} | "
                   f"{c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) | {errors} |")

@@ -64,11 +64,16 @@ def cbcr(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cb, cr
 
 
-def chroma_histograms(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
-    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601) with `bins` per axis, [N, bins**2]."""
+def chroma_bins(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
+    """Each pixel's bin of a (Cb, Cr) grid with `bins` per axis: int64 [...] in [0, bins**2), Cb major."""
     cb, cr = cbcr(images)
     to_bin = lambda c: np.clip(((c + 0.5) * bins).astype(np.int64), 0, bins - 1)
-    flat = (to_bin(cb) * bins + to_bin(cr)).reshape(len(images), -1)
+    return to_bin(cb) * bins + to_bin(cr)
+
+
+def chroma_histograms(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
+    """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601) with `bins` per axis, [N, bins**2]."""
+    flat = chroma_bins(images, bins).reshape(len(images), -1)
     offsets = np.arange(len(images))[:, None] * bins**2
     counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * bins**2)
     return counts.reshape(len(images), -1) / flat.shape[1]

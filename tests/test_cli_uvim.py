@@ -165,11 +165,16 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     # rounding, lands there) to (+, -); the mean term is 100 x (1^2 + 1^2), and those two bins are the largest excesses.
     terms = colour_fd.fd_terms(np.repeat(grey, 3, axis=0), np.repeat(blue, 3, axis=0), 2)
     assert terms["mean term"] == pytest.approx(200.0)
-    assert sorted(terms["largest excess"]) == [(0.25, -0.25, 1.0), (0.25, 0.25, -1.0)]
+    assert sorted(terms["largest excess"]) == [(0.25, -0.25, 1.0, None), (0.25, 0.25, -1.0, None)]
+    things = np.zeros((3, 2, 2), bool)
+    things[0] = True  # the first of the three images: a third of the pixels, so a third of each excess
+    on_things = [t for *_, t in sorted(colour_fd.fd_terms(np.repeat(grey, 3, axis=0), np.repeat(blue, 3, axis=0), 2,
+                                                          things)["largest excess"])]
+    assert on_things == pytest.approx([1 / 3, -1 / 3])
     monkeypatch.setattr(sys, "argv", ["colour_fd.py", str(stage2), "--limit", "8", "--bins", "8"])
     colour_fd.main()
     line = capsys.readouterr().out.splitlines()[2]
-    assert line.startswith(f"| {stage2} | 8 | ") and line.split(" | ")[-1].count("/") == 2  # stuff / things
+    assert line.startswith(f"| {stage2} | 8 | ") and line.split(" | ")[-1].count("/") == 2 and "(things " in line
     for argv, message in (([str(lm)], "is not a colorization stage II"),
                           ([str(stage2), "--bins", "4,x"], "--bins 4,x is not a list of bin counts")):
         monkeypatch.setattr(sys, "argv", ["colour_fd.py", *argv])
