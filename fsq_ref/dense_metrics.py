@@ -55,13 +55,13 @@ class DepthMetric:
 
 
 def cbcr(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Chroma (Cb, Cr of BT.601, each in [-0.5, 0.5]) of uint8 RGB `images` [..., 3]: two float64 [...] arrays.
-    Summed term by term: a matrix product rounds a grey pixel's zero chroma differently and moves some grey values
-    across the central bin edge of the histograms below, which would change every colour FD."""
+    """Chroma (Cb, Cr of BT.601, each in [-0.5, 0.5]) of uint8 RGB `images` [..., 3]: two float64 [...] arrays,
+    rounded to 1e-9. Unrounded, a grey pixel's chroma is a rounding error of 0 with either sign, and 10 of the 256
+    grey levels fell one histogram bin below the others."""
     rgb = images.astype(np.float64) / 255.0
     cb = -0.168736 * rgb[..., 0] - 0.331264 * rgb[..., 1] + 0.5 * rgb[..., 2]
     cr = 0.5 * rgb[..., 0] - 0.418688 * rgb[..., 1] - 0.081312 * rgb[..., 2]
-    return cb, cr
+    return np.round(cb, 9) + 0.0, np.round(cr, 9) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 def chroma_bins(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:

@@ -161,8 +161,8 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     where = np.array([[[True, False], [False, False]]])
     assert colour_fd.chroma_error(grey, blue, where) == pytest.approx(np.hypot(0.5, 0.081312))
     assert colour_fd.chroma_error(blue, blue, ~where) == pytest.approx(0.0, abs=1e-12)
-    # Grey targets, blue predictions, 2 bins per axis: every pixel moved from bin (+, +) (grey 90's chroma, 0 up to
-    # rounding, lands there) to (+, -); the mean term is 100 x (1^2 + 1^2), and those two bins are the largest excesses.
+    # Grey targets, blue predictions, 2 bins per axis: every pixel moved from bin (+, +) (grey's chroma is 0, which
+    # bins with the upper half) to (+, -); the mean term is 100 x (1^2 + 1^2); those two bins are the largest excesses.
     terms = colour_fd.fd_terms(np.repeat(grey, 3, axis=0), np.repeat(blue, 3, axis=0), 2)
     assert terms["mean term"] == pytest.approx(200.0)
     assert sorted(terms["largest excess"]) == [(0.25, -0.25, 1.0, None), (0.25, 0.25, -1.0, None)]

@@ -267,6 +267,14 @@ def test_panoptic_instance_takes_the_class_of_its_summed_logits():
     assert np.argmax(semantic, axis=-1).tolist() == [[1, 2, 2, 0]]
 
 
+def test_every_grey_has_zero_chroma_and_one_histogram_bin():
+    greys = np.repeat(np.arange(256, dtype=np.uint8)[:, None, None], 3, axis=-1)  # [256, 1, 3]: (v, v, v)
+    cb, cr = dense_metrics.cbcr(greys)
+    assert np.all(cb == 0) and np.all(cr == 0)
+    for bins in (4, 8, 16):
+        assert len(np.unique(dense_metrics.chroma_bins(greys, bins))) == 1
+
+
 def test_colour_distance_sees_washed_out_colour(scenes):
     images = scenes.images[:64]
     hist = dense_metrics.chroma_histograms(images)
