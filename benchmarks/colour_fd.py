@@ -39,11 +39,11 @@ def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int, things: np.ndarray |
     """The colour FD (x100) of `fake` against `real` with `bins` per chroma axis, its mean-histogram term, and the two
     bins with the largest excess: (Cb, Cr, excess, excess on the pixels `things`), each excess a share of all pixels
     (the last None without `things`, bool [N, H, W])."""
-    a, b = dense_metrics.chroma_histograms(real, bins), dense_metrics.chroma_histograms(fake, bins)
+    real_bins, fake_bins = dense_metrics.chroma_bins(real, bins), dense_metrics.chroma_bins(fake, bins)
+    a, b = dense_metrics.bin_histograms(real_bins, bins), dense_metrics.bin_histograms(fake_bins, bins)
     total = 100.0 * metrics.frechet_distance(a, b)
     excess = b.mean(axis=0) - a.mean(axis=0)  # the share of all pixels each bin has too many (or too few)
     mean = 100.0 * float(np.sum(excess**2))
-    real_bins, fake_bins = dense_metrics.chroma_bins(real, bins), dense_metrics.chroma_bins(fake, bins)
     on_things = lambda i: (None if things is None else
                            float(np.sum((fake_bins == i) & things) - np.sum((real_bins == i) & things)) / things.size)
     centre = lambda i: ((i // bins + 0.5) / bins - 0.5, (i % bins + 0.5) / bins - 0.5)  # (Cb, Cr) of bin i
@@ -106,8 +106,8 @@ def main():
                   f"({e['oracle']['stuff']:.4f} / {e['oracle']['things']:.4f})" if e else "-")
         for n, terms in row["bins"].items():
             s = terms["stage II"]
-            excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {e:+.1%}" + ("" if t is None else f" (things {t:+.1%})")
-                               for cb, cr, e, t in s["largest excess"])
+            excess = ", ".join(f"({cb:+.2f}, {cr:+.2f}) {x:+.1%}" + ("" if t is None else f" (things {t:+.1%})")
+                               for cb, cr, x, t in s["largest excess"])
             print(f"| {folder} | {n} | {terms['oracle']['fd']:.4g} | {s['fd']:.4g} | {s['mean term']:.4g} | "
                   f"{s['covariance terms']:.4g} | {excess} | "
                   f"{c['stage II']:.4f} ({c['oracle']:.4f}, {c['target']:.4f}) | {errors} |")

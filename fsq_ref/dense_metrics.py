@@ -71,12 +71,17 @@ def chroma_bins(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
     return to_bin(cb) * bins + to_bin(cr)
 
 
+def bin_histograms(pixel_bins: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
+    """Per-image normalised histograms [N, bins**2] of `chroma_bins`' output [N, ...]."""
+    flat = pixel_bins.reshape(len(pixel_bins), -1)
+    offsets = np.arange(len(flat))[:, None] * bins**2
+    counts = np.bincount((flat + offsets).ravel(), minlength=len(flat) * bins**2)
+    return counts.reshape(len(flat), -1) / flat.shape[1]
+
+
 def chroma_histograms(images: np.ndarray, bins: int = CHROMA_BINS) -> np.ndarray:
     """Per-image normalised 2-D histograms of chroma (Cb, Cr of BT.601) with `bins` per axis, [N, bins**2]."""
-    flat = chroma_bins(images, bins).reshape(len(images), -1)
-    offsets = np.arange(len(images))[:, None] * bins**2
-    counts = np.bincount((flat + offsets).ravel(), minlength=len(images) * bins**2)
-    return counts.reshape(len(images), -1) / flat.shape[1]
+    return bin_histograms(chroma_bins(images, bins), bins)
 
 
 class ColourMetric:
