@@ -16,11 +16,10 @@ pixels' chroma lands, not about how the histograms vary from image to image.
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from fsq_ref import checkpoint, dense_metrics, metrics, runs, uvim_eval
+from fsq_ref import dense_metrics, metrics, runs, uvim_eval
 from fsq_ref.errors import InputError
 
 
@@ -52,12 +51,7 @@ def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int, things: np.ndarray |
 
 
 def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperature: float) -> dict:
-    if not (Path(folder) / checkpoint.CHECKPOINT).exists():
-        raise InputError(f"no run at {folder}: give colorization stage-II folders (`fsq train uvim-lm`)")
-    lm, oracle, qstate, task, header = runs.uvim_models(folder)
-    if lm is None or task.name != "colorization":
-        raise InputError(f"{folder} is not a colorization stage II: give folders of "
-                         "`fsq train uvim-lm --oracle ORACLE` where ORACLE was trained with --task colorization")
+    lm, oracle, qstate, task, header = runs.stage_two_models(folder, "colorization")
     ds = runs.dense_data(header, None, None, "test", limit)
     print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
     real = ds.images

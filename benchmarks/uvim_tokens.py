@@ -22,12 +22,11 @@ For each stage-II folder, on the test split (greedy decoding, as `fsq eval`; `--
 
 import argparse
 import sys
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from fsq_ref import checkpoint, fsq, runs, uvim_eval
+from fsq_ref import fsq, runs, uvim_eval
 from fsq_ref.errors import InputError
 
 
@@ -40,11 +39,7 @@ def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, flo
 
 def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0,
             chance_share: float | None = None) -> dict:
-    if not (Path(folder) / checkpoint.CHECKPOINT).exists():
-        raise InputError(f"no run at {folder}: give stage-II folders (`fsq train uvim-lm --workdir FOLDER`)")
-    lm, oracle, qstate, task, header = runs.uvim_models(folder)
-    if lm is None:
-        raise InputError(f"{folder} is a stage-I folder: give stage-II folders (`fsq train uvim-lm`)")
+    lm, oracle, qstate, task, header = runs.stage_two_models(folder)
     ds = runs.dense_data(header, None, None, "test", limit)
     print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
     oracle_preds, truth = uvim_eval.predict(None, oracle, qstate, task, ds)

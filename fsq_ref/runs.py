@@ -69,6 +69,21 @@ def uvim_models(workdir, oracle_dir=None):
     return None, oracle, qstate, task, header
 
 
+def stage_two_models(workdir, task_name: str | None = None):
+    """`uvim_models` of a stage-II folder (of task `task_name` when given), else an `InputError` that says what
+    `workdir` holds instead: no run, a stage I, or another task's stage II."""
+    wanted = f"{task_name} stage-II folders" if task_name else "stage-II folders"
+    if not (Path(workdir) / checkpoint.CHECKPOINT).exists():
+        raise InputError(f"no run at {workdir}: give {wanted} (`fsq train uvim-lm --workdir FOLDER`)")
+    models = uvim_models(workdir)
+    lm, task = models[0], models[3]
+    if lm is None:
+        raise InputError(f"{workdir} is a stage-I folder: give {wanted} (`fsq train uvim-lm --oracle {workdir}`)")
+    if task_name is not None and task.name != task_name:
+        raise InputError(f"{workdir} is a {task.name} stage II, not a {task_name} stage II: give {wanted}")
+    return models
+
+
 def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = None, split: str = "test",
              task_name: str | None = None, limit: int | None = None, temperature: float = 0.0,
              seed: int = 0) -> tuple[dict, str, int]:

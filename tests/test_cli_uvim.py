@@ -95,8 +95,9 @@ def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_again
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import uvim_tokens
 
-    with pytest.raises(InputError, match="no run at"):
-        uvim_tokens.analyse(str(lm.parent / "missing"), limit=16, seed=0)
+    for folder, message in ((lm.parent / "missing", "no run at"), (lm.parent / "oracle", "is a stage-I folder")):
+        with pytest.raises(InputError, match=message):
+            uvim_tokens.analyse(str(folder), limit=16, seed=0)
     row = uvim_tokens.analyse(str(lm), limit=16, seed=0)
     rows = runs.evaluate(lm, limit=16)[0]  # `fsq eval`'s rows for the same examples
     assert row["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
@@ -175,7 +176,7 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     colour_fd.main()
     line = capsys.readouterr().out.splitlines()[2]
     assert line.startswith(f"| {stage2} | 8 | ") and line.split(" | ")[-1].count("/") == 2 and "(things " in line
-    for argv, message in (([str(lm)], "is not a colorization stage II"),
+    for argv, message in (([str(lm)], "is a panoptic stage II, not a colorization stage II"),
                           ([str(stage2), "--bins", "4,x"], "--bins 4,x is not a list of bin counts")):
         monkeypatch.setattr(sys, "argv", ["colour_fd.py", *argv])
         with pytest.raises(SystemExit, match=message):
