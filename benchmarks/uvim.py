@@ -114,7 +114,8 @@ class Stages:
 
         def stage(log):
             train(lm, "uvim-lm", "--oracle", lm.parent / "oracle", "--preset", args.lm_preset, "--steps",
-                  args.lm_steps, "--eval-every", args.lm_steps, "--seed", seed, log=log)
+                  args.lm_steps, "--learning-rate", args.lm_learning_rate, "--eval-every", args.lm_steps,
+                  "--seed", seed, log=log)
             # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split);
             # a run stopped after its last checkpoint but before that evaluation is evaluated here instead.
             last = runs.last_evaluation(lm)
@@ -175,6 +176,7 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
     parser.add_argument("--oracle-steps", type=int, default=600)
     parser.add_argument("--lm-steps", type=int, default=1500)
+    parser.add_argument("--lm-learning-rate", type=float, default=1e-3, help="stage II's peak learning rate")
     parser.add_argument("--oracle-preset", default="quick-8x8", help="quick-8x8: a 64-token code; quick: 16 tokens")
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--context-ablation", action="store_true",

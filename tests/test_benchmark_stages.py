@@ -69,11 +69,15 @@ def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_ov
     assert lines[5] == "| FSQ | 0.25 | 1.5 ± 0.71 | 97.0% | 60 ± 14% | 30 ± 14% | 3.25 ± 0.35 | 100 + 30 |"
 
 
+LM_LEARNING_RATE = 2e-3  # not the script's default, so that a stage II trained at the default fails
+
+
 @pytest.fixture
 def fake_stages(monkeypatch):
     """Stands in for the UViM benchmark's `fsq train` and `fsq eval`: each writes what the real one leaves behind
     (metrics.jsonl, eval-test.json), records when it starts and ends, and takes a moment, so that side-by-side runs
-    overlap. An oracle whose folder is named "broken-..." fails."""
+    overlap. An oracle whose folder is named "broken-..." fails; a stage II must be asked for `_args`'s learning
+    rate."""
     import uvim as uvim_bench
 
     events, lock = [], threading.Lock()
@@ -87,6 +91,8 @@ def fake_stages(monkeypatch):
         time.sleep(0.05)
         if run.parent.name.startswith("broken"):
             raise RuntimeError(f"{run} failed")
+        if kind == "uvim-lm":
+            assert args[args.index("--learning-rate") + 1] == LM_LEARNING_RATE
         if (run / "metrics.jsonl").exists():  # finished before: reused, as `stages.train` does
             return
         run.mkdir(parents=True)
@@ -115,7 +121,8 @@ def fake_stages(monkeypatch):
 
 def _args(**overrides):
     return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
-                        "lm_preset": "quick", "lm_steps": 7, "seeds": 2, "temperature": 0.0, **overrides})
+                        "lm_preset": "quick", "lm_steps": 7, "lm_learning_rate": LM_LEARNING_RATE, "seeds": 2,
+                        "temperature": 0.0, **overrides})
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
