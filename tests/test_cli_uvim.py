@@ -137,6 +137,31 @@ def test_the_token_analysis_prints_the_metric_asked_for_and_refuses_one_the_task
         uvim_tokens.main()
 
 
+def test_the_image_use_probe_pairs_each_code_with_its_own_another_and_the_mean_image(lm, monkeypatch, capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import uvim_image_use
+
+    row = uvim_image_use.image_use(str(lm), limit=16)
+    assert row["own image"] == pytest.approx(runs.evaluate(lm, limit=16)[0]["stage II"]["heldout_loss"])
+    # The same pairs the other way round: the images shifted against fixed codes.
+    stage2, oracle, qstate, task, header = runs.uvim_models(lm)
+    ds = runs.dense_data(header, None, None, "test", 16)
+    codes = uvim_eval.predict(None, oracle, qstate, task, ds)[1]
+    shifted = dataclasses.replace(ds, images=np.roll(ds.images, -1, axis=0))
+    shifted_loss = uvim_eval.heldout_loss(stage2, task, uvim_eval.CodedData(shifted, codes))
+    assert row["another image"] == pytest.approx(shifted_loss)
+    assert len({row["own image"], row["another image"], row["mean image"]}) == 3
+    monkeypatch.setattr(sys, "argv", ["uvim_image_use.py", str(lm), "--limit", "8"])
+    uvim_image_use.main()
+    header_line, _, line = capsys.readouterr().out.splitlines()[:3]
+    assert "the image's worth" in header_line and line.startswith(f"| {lm} |")
+    for argv, message in (([str(lm), "--limit", "1"], "1 test example; give --limit 2"),
+                          ([str(lm.parent / "oracle")], "is a stage-I folder")):
+        monkeypatch.setattr(sys, "argv", ["uvim_image_use.py", *argv])
+        with pytest.raises(SystemExit, match=message):
+            uvim_image_use.main()
+
+
 def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm, tmp_path, monkeypatch, capsys):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import colour_fd
