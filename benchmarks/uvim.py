@@ -10,9 +10,11 @@ for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--j
 (default 2). Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes
 WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
 of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
-codes, where a 4375-code one did not (BENCHMARKS.md, session 9).
+codes, where a 4375-code one did not (BENCHMARKS.md, session 9). Stage II's peak learning rate is big_vision's 1e-3;
+3e-3 gave lower RMSE on depth for every bottleneck but traded PSNR for colour FD on colorization (BENCHMARKS.md,
+session 17).
 
-    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation]
+    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation] [--lm-learning-rate 1e-3]
                               [--tasks depth,colorization,panoptic]
 """
 
