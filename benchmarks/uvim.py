@@ -11,8 +11,8 @@ for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--j
 WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
 of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
 codes, where a 4375-code one did not (BENCHMARKS.md, session 9). Stage II's peak learning rate is big_vision's 1e-3;
-3e-3 gave lower RMSE on depth for every bottleneck but traded PSNR for colour FD on colorization (BENCHMARKS.md,
-session 17).
+3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and raised only FSQ's
+PQ on panoptic (BENCHMARKS.md, session 17).
 
     python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation] [--lm-learning-rate 1e-3]
                               [--tasks depth,colorization,panoptic]
