@@ -27,7 +27,7 @@ def image_use(folder: str, limit: int | None) -> dict[str, float]:
     if len(ds) < 2:
         raise InputError(f"{folder}: {len(ds)} test example; give --limit 2 or more, so that another image exists")
     print(f"{folder}: {len(ds)} test examples", file=sys.stderr, flush=True)
-    _, codes = uvim_eval.run_over(ds, lambda b: ({}, uvim_eval.oracle_codes(oracle, qstate, task, b)))
+    codes = uvim_eval.codes_of(oracle, qstate, task, ds)
     mean_image = np.broadcast_to(ds.images.mean(axis=0, dtype=np.float64).round().astype(ds.images.dtype),
                                  ds.images.shape)
     pairings = {"own image": (ds, codes),

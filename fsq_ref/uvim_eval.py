@@ -70,6 +70,11 @@ def _token_nll(lm: GuidingCodeLM, task, batch: dict):
     return code_nll(teacher_forced_logits(lm, task.context(batch), batch["code"]), batch["code"])
 
 
+def codes_of(oracle: Oracle, qstate, task, ds: dense.DenseData) -> np.ndarray:
+    """The oracle's code of every example of `ds` (int32 [N, S]), without decoding it."""
+    return run_over(ds, lambda b: ({}, oracle_codes(oracle, qstate, task, b)))[1]
+
+
 def heldout_loss(lm: GuidingCodeLM, task, ds: CodedData) -> float:
     """Stage II's training loss on `ds`'s codes (teacher-forced mean cross-entropy, nats per token; no dropout)."""
     nll, _ = run_over(ds, lambda b: ({"nll": _token_nll(lm, task, b)}, b["code"]))

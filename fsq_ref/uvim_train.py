@@ -27,7 +27,7 @@ from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
 from fsq_ref.uvim import (GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll,
                          teacher_forced_logits)
-from fsq_ref.uvim_eval import (CodedData, code_usage, heldout_loss, oracle_codes, oracle_predict, picture, run_over,
+from fsq_ref.uvim_eval import (CodedData, code_usage, codes_of, heldout_loss, oracle_predict, picture, run_over,
                                score, stage2_predict)
 
 
@@ -170,7 +170,7 @@ class LMTask:
 
         def coded(ds: dense.DenseData) -> CodedData:  # ds with the oracle's code of each example, made once (`cache`)
             def make():
-                return {"codes": run_over(ds, lambda b: ({}, oracle_codes(self.oracle, self.qstate, self.task, b)))[1]}
+                return {"codes": codes_of(self.oracle, self.qstate, self.task, ds)}
 
             inputs = cache.digest(oracle_header["sha256"], oracle_header["task"], ds.images, ds.depth, ds.semantic,
                                   ds.instance)
