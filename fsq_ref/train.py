@@ -111,13 +111,16 @@ def optimizer(weight_decay: float, *, b2: float = 0.99) -> optax.GradientTransfo
     return optax.chain(optax.scale_by_adam(b1=0.9, b2=b2), optax.add_decayed_weights(weight_decay))
 
 
-def apply_updates(opt: optax.GradientTransformation, grads, opt_state, model, lr):
-    """One optimiser step of `model` at learning rate `lr`: returns (model, opt_state)."""
+def apply_updates(opt: optax.GradientTransformation, grads, opt_state, model, lr, multipliers=None):
+    """One optimiser step of `model` at learning rate `lr`: returns (model, opt_state). `multipliers`, a pytree of
+    numbers shaped as `eqx.filter(model, eqx.is_array)`, scales each array's learning rate (per-module rates)."""
     # optax's bias correction mixes its int32 step count with floats; allow that here even when a caller (our tests)
     # makes dtype promotion strict everywhere else.
     with jax.numpy_dtype_promotion("standard"):
         updates, opt_state = opt.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-    return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state
+    if multipliers is None:
+        return eqx.apply_updates(model, jax.tree.map(lambda u: -lr * u, updates)), opt_state
+    return eqx.apply_updates(model, jax.tree.map(lambda u, m: -lr * m * u, updates, multipliers)), opt_state
 
 
 def learning_rate(step: int, total: int, peak: float, warmup: int) -> float:

@@ -230,6 +230,16 @@ class GuidingCodeLM(eqx.Module):
                            inference=inference)
 
 
+def learning_rate_multipliers(lm: GuidingCodeLM, image_encoder: float):
+    """Per-array learning-rate multipliers for `train.apply_updates`: `image_encoder` for the part that reads the
+    image (patch embedding, positions, encoder transformer), 1 for the code decoder. big_vision's UViM stage-II
+    configs scale their ImageNet-pretrained encoder's rate by 0.1 (`lr_mults` in
+    `configs/proj/uvim/train_nyu_depth_pretrained.py`); ours is trained from scratch."""
+    ones = jax.tree.map(lambda _: 1.0, eqx.filter(lm, eqx.is_array))
+    return eqx.tree_at(lambda m: (m.patches, m.encoder_positions, m.encoder), ones,
+                       replace_fn=lambda part: jax.tree.map(lambda _: image_encoder, part))
+
+
 @eqx.filter_jit
 def generate_code(lm: GuidingCodeLM, context: Float[Array, "B H W Cc"], key: PRNGKeyArray, *,
                   temperature: float = 0.0) -> Int[Array, "B S"]:

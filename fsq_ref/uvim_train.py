@@ -26,7 +26,7 @@ from fsq_ref import cache, checkpoint, data, dense, dense_tasks, metrics, precis
 from fsq_ref.errors import InputError
 from fsq_ref.train import apply_updates, optimizer
 from fsq_ref.uvim import (GuidingCodeLM, LMConfig, Oracle, OracleConfig, code_dropout_mask, code_nll,
-                         teacher_forced_logits)
+                         learning_rate_multipliers, teacher_forced_logits)
 from fsq_ref.uvim_eval import (CodedData, code_usage, codes_of, heldout_loss, oracle_predict, picture, run_over,
                                score, stage2_predict)
 
@@ -84,8 +84,10 @@ def init_lm_state(config: LMConfig, oracle: OracleConfig, task: dense_tasks.Dens
     return LMState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)))
 
 
-def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = "float32"):
-    """Stage II's jitted step; the transformer computes in `dtype` (`precision`), the loss in float32."""
+def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = "float32",
+                 encoder_lr_mult: float = 1.0):
+    """Stage II's jitted step; the transformer computes in `dtype` (`precision`), the loss in float32; the image
+    encoder learns at `encoder_lr_mult` times the step's learning rate (`learning_rate_multipliers`)."""
     opt = optimizer(weight_decay)
     compute = precision.compute_dtype(dtype)
 
@@ -98,7 +100,8 @@ def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = 
             return jnp.mean(code_nll(logits, code)), logits
 
         (loss, logits), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
-        model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr)
+        multipliers = learning_rate_multipliers(state.model, encoder_lr_mult)
+        model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr, multipliers)
         guess = jnp.argmax(logits, axis=-1)
         stats = {"loss": loss, "accuracy": jnp.mean(guess == code)}
         return LMState(model, opt_state), stats, metrics.histogram(guess, logits.shape[-1])
@@ -159,7 +162,9 @@ class LMTask:
 
     def __init__(self, config: LMConfig, oracle_dir: str | Path, train_ds: dense.DenseData,
                  test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", encoder_lr_mult: float = 1.0):
+        if encoder_lr_mult <= 0:
+            raise InputError(f"--encoder-lr-mult must be > 0; got {encoder_lr_mult}")
         self.oracle, self.qstate, self.task, oracle_header = load_oracle(oracle_dir)
         self.oracle_config = OracleConfig.from_dict(oracle_header["task"]["oracle"])
         if train_ds.images.shape[1] != self.oracle_config.image_size:
@@ -177,8 +182,9 @@ class LMTask:
             return CodedData(ds, cache.arrays(f"oracle-codes-{inputs}", make)["codes"])
 
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
-                       "oracle_sha256": oracle_header["sha256"], "data": data_header}
-        self.step = make_lm_step(self.task, weight_decay, dtype)
+                       "oracle_sha256": oracle_header["sha256"], "data": data_header,
+                       "encoder_lr_mult": encoder_lr_mult}
+        self.step = make_lm_step(self.task, weight_decay, dtype, encoder_lr_mult)
         train_coded, self.test_coded = coded(train_ds), coded(test_ds)
         self.batches = lambda start: data.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
 

@@ -258,6 +258,11 @@ def test_bad_input(oracle, lm, tmp_path):
     assert_bad_input(invoke("eval", "--workdir", oracle, "--temperature", 1), "stage I, which samples nothing")
     assert_bad_input(invoke("train", "uvim-lm", "--oracle", lm, "--steps", 1, "--workdir", tmp_path / "x"),
                      "not 'uvim-oracle'")
+    assert_bad_input(invoke("train", "uvim-lm", "--oracle", oracle, "--steps", 1, "--encoder-lr-mult", 0,
+                            "--workdir", tmp_path / "x"), "--encoder-lr-mult must be > 0")
+    # The image encoder's rate is part of the run: resuming at another one would continue another trajectory.
+    assert_bad_input(invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps",
+                            4, "--encoder-lr-mult", 2, "--workdir", lm, "--resume"), "other settings")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", "--data", "nonsense", "--steps", 1,
                             "--workdir", tmp_path / "y"), "nonsense")
     assert_bad_input(invoke("train", "uvim-oracle", "--task", "depth", *DATA, "--levels", "7,1", "--steps", 1,

@@ -158,6 +158,27 @@ def test_the_held_out_loss_is_the_training_loss_without_an_update(scenes):
     assert held_out == pytest.approx(float(stats["loss"]), rel=1e-5)
 
 
+def test_the_image_encoder_moves_by_its_learning_rate_multiplier(scenes):
+    task = dense_tasks.make("depth", scenes)
+    batch = {"image": scenes.images[:8], "code": np.asarray(jr.randint(jr.key(1), (8, 16), 0, 4375), np.int32)}
+
+    def moved(mult):  # each array's change over one step from the same start (Adam's first step: lr * sign-like)
+        start = uvim_train.init_lm_state(presets.LM["tiny"], TINY, task, 1e-4, key=jr.key(0))
+        before = jax.tree.map(np.asarray, eqx.filter(start.model, eqx.is_array))
+        state, _, _ = uvim_train.make_lm_step(task, 1e-4, encoder_lr_mult=mult)(start, batch, jr.key(2),
+                                                                                 jnp.float32(1e-3))
+        return jax.tree.map(lambda a, b: np.asarray(a) - b, eqx.filter(state.model, eqx.is_array), before)
+
+    base, scaled = moved(1.0), moved(3.0)
+    image_part = lambda m: (m.patches, m.encoder_positions, m.encoder)  # noqa: E731
+    for b, s in zip(jax.tree.leaves(image_part(base)), jax.tree.leaves(image_part(scaled))):
+        np.testing.assert_allclose(s, 3.0 * b, rtol=1e-4, atol=1e-7)  # parameters round to ~1e-8
+    code_part = lambda m: (m.embed, m.decoder_positions, m.decoder, m.head)  # noqa: E731
+    for b, s in zip(jax.tree.leaves(code_part(base)), jax.tree.leaves(code_part(scaled))):
+        np.testing.assert_array_equal(s, b)
+    assert np.abs(jax.tree.leaves(image_part(base))[0]).max() > 0
+
+
 def test_task_heads(task, scenes):
     batch = scenes.batch(np.arange(8))
     target = task.target(batch)
