@@ -115,9 +115,7 @@ class Stages:
         sampled = runs.evaluation_file(lm, temperature=args.temperature)
 
         def stage(log):
-            train(lm, "uvim-lm", "--oracle", lm.parent / "oracle", "--preset", args.lm_preset, "--steps",
-                  args.lm_steps, "--learning-rate", args.lm_learning_rate, "--eval-every", args.lm_steps,
-                  "--seed", seed, log=log)
+            train(lm, "uvim-lm", "--oracle", lm.parent / "oracle", *stage2_options(args), "--seed", seed, log=log)
             # The training's last evaluation is `fsq eval`'s stage-II row (greedy decoding of the whole test split);
             # a run stopped after its last checkpoint but before that evaluation is evaluated here instead.
             last = runs.last_evaluation(lm)
@@ -130,6 +128,16 @@ class Stages:
                     "sampled": json.loads(sampled.read_text())["stage II"] if args.temperature else None}
 
         return self.run(f"{lm.parent.name}/{lm.name}", lm, stage)
+
+
+def stage2_options(args) -> list:
+    """The `fsq train uvim-lm` options every stage II of a table shares. The image encoder's learning-rate multiplier
+    is passed only where it is not 1, so that stages trained before the option existed are still reused."""
+    options = ["--preset", args.lm_preset, "--steps", args.lm_steps, "--learning-rate", args.lm_learning_rate,
+               "--eval-every", args.lm_steps]
+    if args.lm_encoder_lr_mult != 1:
+        options += ["--encoder-lr-mult", args.lm_encoder_lr_mult]
+    return options
 
 
 def cell(values) -> str:
@@ -179,6 +187,9 @@ def main():
     parser.add_argument("--oracle-steps", type=int, default=600)
     parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--lm-learning-rate", type=float, default=1e-3, help="stage II's peak learning rate")
+    parser.add_argument("--lm-encoder-lr-mult", type=float, default=1.0,
+                        help="stage II's image-encoder learning rate as a multiple of the peak (`fsq train uvim-lm "
+                             "--encoder-lr-mult`)")
     parser.add_argument("--oracle-preset", default="quick-8x8", help="quick-8x8: a 64-token code; quick: 16 tokens")
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--context-ablation", action="store_true",
@@ -196,8 +207,8 @@ def main():
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if args.seeds < 1 or args.jobs < 1 or args.temperature < 0:
-        parser.error("--seeds and --jobs must be >= 1, --temperature >= 0")
+    if args.seeds < 1 or args.jobs < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
+        parser.error("--seeds and --jobs must be >= 1, --temperature >= 0, --lm-encoder-lr-mult > 0")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them

@@ -70,6 +70,7 @@ def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_ov
 
 
 LM_LEARNING_RATE = 2e-3  # not the script's default, so that a stage II trained at the default fails
+LM_ENCODER_LR_MULT = 0.25  # likewise
 
 
 @pytest.fixture
@@ -77,7 +78,7 @@ def fake_stages(monkeypatch):
     """Stands in for the UViM benchmark's `fsq train` and `fsq eval`: each writes what the real one leaves behind
     (metrics.jsonl, eval-test.json), records when it starts and ends, and takes a moment, so that side-by-side runs
     overlap. An oracle whose folder is named "broken-..." fails; a stage II must be asked for `_args`'s learning
-    rate."""
+    rate and encoder multiplier."""
     import uvim as uvim_bench
 
     events, lock = [], threading.Lock()
@@ -93,6 +94,7 @@ def fake_stages(monkeypatch):
             raise RuntimeError(f"{run} failed")
         if kind == "uvim-lm":
             assert args[args.index("--learning-rate") + 1] == LM_LEARNING_RATE
+            assert args[args.index("--encoder-lr-mult") + 1] == LM_ENCODER_LR_MULT
         if (run / "metrics.jsonl").exists():  # finished before: reused, as `stages.train` does
             return
         run.mkdir(parents=True)
@@ -121,8 +123,18 @@ def fake_stages(monkeypatch):
 
 def _args(**overrides):
     return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
-                        "lm_preset": "quick", "lm_steps": 7, "lm_learning_rate": LM_LEARNING_RATE, "seeds": 2,
+                        "lm_preset": "quick", "lm_steps": 7, "lm_learning_rate": LM_LEARNING_RATE,
+                        "lm_encoder_lr_mult": LM_ENCODER_LR_MULT, "seeds": 2,
                         "temperature": 0.0, **overrides})
+
+
+def test_stage_two_is_given_the_encoder_multiplier_only_where_it_is_not_one():
+    import uvim as uvim_bench
+
+    assert "--encoder-lr-mult" not in uvim_bench.stage2_options(_args(lm_encoder_lr_mult=1.0))
+    options = uvim_bench.stage2_options(_args(lm_encoder_lr_mult=0.3))
+    assert options[options.index("--encoder-lr-mult") + 1] == 0.3
+    assert options[options.index("--learning-rate") + 1] == LM_LEARNING_RATE
 
 
 @pytest.mark.parametrize("jobs", [1, 2])
