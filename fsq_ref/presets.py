@@ -58,6 +58,8 @@ ORACLE: dict[str, OracleConfig] = {
 LM: dict[str, LMConfig] = {
     "tiny": LMConfig(patch_size=8, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_dim=64),
     "quick": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256),
+    "quick-sincos": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256,
+                             positions="sincos"),
     # UViM's stage II: ViT-L/16 encoder and a 24-layer decoder of the same width, dropout 0.1 (512 px inputs).
     "paper": LMConfig(patch_size=16, dim=1024, encoder_depth=24, decoder_depth=24, num_heads=16, mlp_dim=4096,
                       dropout=0.1),

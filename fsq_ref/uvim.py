@@ -77,6 +77,21 @@ class LMConfig:
     num_heads: int
     mlp_dim: int
     dropout: float = 0.0
+    # How the learned position tables start: "normal" (N(0, 0.02^2), big_vision's `posemb_type='learn'`), or "sincos":
+    # both from the same 2-D sine-cosine table of their grid, so that a code position and the image patch at the same
+    # place start out alike (the code grid and the patch grid coincide in the quick presets).
+    positions: str = "normal"
+
+
+def sincos_positions(grid: int, dim: int) -> Float[Array, "S F"]:
+    """A 2-D sine-cosine table for a grid x grid raster: a quarter of the channels each for sin and cos of the row and
+    of the column, at frequencies 10000^(-k / (dim / 4)) (as big_vision's ViT `posemb_sincos_2d`)."""
+    if dim % 4:
+        raise InputError(f"sine-cosine positions need a width divisible by 4; got {dim}")
+    rows, cols = jnp.meshgrid(jnp.arange(grid, dtype=jnp.float32), jnp.arange(grid, dtype=jnp.float32), indexing="ij")
+    omega = 1.0 / 10000 ** (jnp.arange(dim // 4, dtype=jnp.float32) / (dim // 4))
+    angles = [axis.reshape(-1, 1) * omega for axis in (rows, cols)]
+    return jnp.concatenate([f(a) for a in angles for f in (jnp.sin, jnp.cos)], axis=1)
 
 
 def _hw(x: Float[Array, "H W C"]) -> Float[Array, "C H W"]:  # eqx convolutions are channels-first
@@ -205,10 +220,10 @@ class GuidingCodeLM(eqx.Module):
         blocks = dict(dim=config.dim, num_heads=config.num_heads, mlp_dim=config.mlp_dim, dropout=config.dropout)
         self.patches = eqx.nn.Conv2d(in_channels, config.dim, config.patch_size, stride=config.patch_size,
                                      key=patch_key)
-        self.encoder_positions = 0.02 * jr.normal(enc_pos_key, (num_patches, config.dim))
+        self.encoder_positions = _positions(config, num_patches, enc_pos_key)
         self.encoder = Transformer(depth=config.encoder_depth, key=enc_key, **blocks)
         self.embed = eqx.nn.Embedding(codebook_size + 1, config.dim, key=embed_key)  # + the start symbol
-        self.decoder_positions = 0.02 * jr.normal(dec_pos_key, (code_length, config.dim))
+        self.decoder_positions = _positions(config, code_length, dec_pos_key)
         self.decoder = Transformer(depth=config.decoder_depth, cross_attention=True, key=dec_key, **blocks)
         self.head = eqx.nn.Linear(config.dim, codebook_size, key=head_key)
         self.code_length = code_length
@@ -228,6 +243,15 @@ class GuidingCodeLM(eqx.Module):
         enc_key, dec_key = (None, None) if key is None else jr.split(key)
         return self.decode(inputs, self.encode(image, key=enc_key, inference=inference), key=dec_key,
                            inference=inference)
+
+
+def _positions(config: LMConfig, length: int, key: PRNGKeyArray) -> Float[Array, "S F"]:
+    """A learned position table's starting value (`LMConfig.positions`) for a square raster of `length` places."""
+    if config.positions == "normal":
+        return 0.02 * jr.normal(key, (length, config.dim))
+    if config.positions == "sincos":
+        return sincos_positions(int(round(length**0.5)), config.dim)
+    raise InputError(f"unknown positions {config.positions!r}: use normal or sincos")
 
 
 def learning_rate_multipliers(lm: GuidingCodeLM, image_encoder: float):

@@ -158,6 +158,20 @@ def test_the_held_out_loss_is_the_training_loss_without_an_update(scenes):
     assert held_out == pytest.approx(float(stats["loss"]), rel=1e-5)
 
 
+def test_sincos_positions_start_code_places_and_image_patches_alike(scenes):
+    table = np.asarray(uvim.sincos_positions(4, 8))
+    # Row-major raster: place 5 is row 1, column 1; the first two columns are sin and cos of the row at frequency 1.
+    np.testing.assert_allclose(table[5, [0, 2]], [math.sin(1), math.cos(1)], rtol=1e-6)
+    np.testing.assert_allclose(table[:4, 0], 0.0, atol=1e-7)  # row 0 everywhere in the first row of places
+    assert len(np.unique(table.round(6), axis=0)) == 16  # every place distinct
+    config = dataclasses.replace(presets.LM["tiny"], patch_size=8, positions="sincos")
+    lm = uvim.GuidingCodeLM(config, image_size=32, in_channels=3, code_length=16, codebook_size=10, key=jr.key(0))
+    np.testing.assert_array_equal(lm.encoder_positions, lm.decoder_positions)  # 4x4 patches, 4x4 code
+    with pytest.raises(InputError, match="sincos"):
+        uvim.GuidingCodeLM(dataclasses.replace(config, positions="rope"), image_size=32, in_channels=3,
+                           code_length=16, codebook_size=10, key=jr.key(0))
+
+
 def test_the_image_encoder_moves_by_its_learning_rate_multiplier(scenes):
     task = dense_tasks.make("depth", scenes)
     batch = {"image": scenes.images[:8], "code": np.asarray(jr.randint(jr.key(1), (8, 16), 0, 4375), np.int32)}
