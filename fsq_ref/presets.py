@@ -58,6 +58,8 @@ ORACLE: dict[str, OracleConfig] = {
 LM: dict[str, LMConfig] = {
     "tiny": LMConfig(patch_size=8, dim=32, encoder_depth=1, decoder_depth=1, num_heads=2, mlp_dim=64),
     "quick": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256),
+    # The same with both position tables starting from one sine-cosine table: on depth's FSQ stage II (1500 steps at
+    # 3e-3) the held-out loss falls further (1.84 against 2.06 nats) but the RMSE does not (0.817 against 0.795).
     "quick-sincos": LMConfig(patch_size=4, dim=128, encoder_depth=2, decoder_depth=2, num_heads=4, mlp_dim=256,
                              positions="sincos"),
     # UViM's stage II: ViT-L/16 encoder and a 24-layer decoder of the same width, dropout 0.1 (512 px inputs).
