@@ -74,7 +74,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="runs/bench-pipeline")
     parser.add_argument("--tokenizer-seconds", type=float, default=100)
-    parser.add_argument("--maskgit-seconds", type=float, default=540)
+    parser.add_argument("--maskgit-seconds", type=float, default=600)
     parser.add_argument("--maskgit-lr", type=float, default=2e-3)
     parser.add_argument("--guidance", type=float, default=1.0)
     args = parser.parse_args()
