@@ -4,7 +4,8 @@ For each paper codebook size (2^8 ... 2^16) it times, on whatever device JAX see
 vectors (default one million) with D = len(levels_for(K)) channels for both quantizers, so both see the same
 bottleneck. VQ's distances are computed in chunks (an [N, K] matrix would not fit); FSQ needs no table at all.
 FSQ's share of the same-bytes floor is against a pass timed beside it that reads the same latents and writes as many
-codes and int32 indices with trivial arithmetic (`bench.same_bytes_fn`). Compilation is excluded; the figure is the median of several repeats (VQ's stop after a minute of timing).
+codes and int32 indices with trivial arithmetic (`bench.same_bytes_fn`). Compilation is excluded; the figure is the
+median of several repeats (VQ's stop after a minute of timing).
 
     python benchmarks/quantizers.py [--vectors 1000000] [--repeats 5] [--sizes 256,1024,4096,16384,65536]
 """

@@ -119,6 +119,11 @@ def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     return jnp.tanh(z + shift.astype(np.float32)) * half_l.astype(np.float32) - offset.astype(np.float32)
 
 
+def _half_width(levels: tuple[int, ...]) -> np.ndarray:
+    """L_i // 2 per channel, float32: the scale from rounded integers to codes in [-1, 1]."""
+    return np.asarray([l // 2 for l in levels], np.float32)
+
+
 def _bound_constants(levels: tuple[int, ...]):
     """`bound`'s constants in float64: (half_l, offset, shift), one per channel."""
     L = np.asarray(levels, np.float64)
@@ -172,7 +177,7 @@ def digits(z: Float[Array, "... D"], levels) -> Int[Array, "... D"]:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _quantize_float32(z: Float[Array, "... D"], levels: tuple[int, ...]) -> Float[Array, "... D"]:
-    half_width = np.asarray([l // 2 for l in levels], np.float32)
+    half_width = _half_width(levels)
     codes = (digits(z, levels).astype(jnp.float32) - half_width) / half_width
     return jnp.where(jnp.isnan(z), z, codes)  # a NaN latent stays NaN, so a diverging run fails loudly
 
@@ -181,9 +186,8 @@ def _quantize_float32(z: Float[Array, "... D"], levels: tuple[int, ...]) -> Floa
 def _quantize_float32_jvp(levels, primals, tangents):
     # The straight-through estimator: rounding passes the gradient of bound(z) / (L // 2) unchanged.
     (z,), (dz,) = primals, tangents
-    half_width = np.asarray([l // 2 for l in levels], np.float32)
     _, d_bound = jax.jvp(lambda x: bound(x, levels), (z,), (dz,))
-    return _quantize_float32(z, levels), d_bound / half_width
+    return _quantize_float32(z, levels), d_bound / _half_width(levels)
 
 
 def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
@@ -200,7 +204,6 @@ def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     References: paper Eq. 1-2 and Appendix A.1.
     """
     levels = check_levels(levels)
-    _check_channels(z, levels)
     return _quantize_float32(z.astype(jnp.float32), levels).astype(z.dtype)
 
 
@@ -220,7 +223,7 @@ def codes_to_indices(codes: Float[Array, "... D"], levels) -> Int[Array, "..."]:
     """
     levels = check_levels(levels)
     _check_channels(codes, levels)
-    half_width = np.asarray([l // 2 for l in levels], np.float32)
+    half_width = _half_width(levels)
     digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
     return jnp.sum(digits * _basis(levels), axis=-1, dtype=jnp.int32)
 

@@ -160,7 +160,7 @@ def test_the_held_out_loss_is_the_training_loss_without_an_update(scenes):
 
 def test_sincos_positions_start_code_places_and_image_patches_alike(scenes):
     table = np.asarray(uvim.sincos_positions(4, 8))
-    # Row-major raster: place 5 is row 1, column 1; the first two columns are sin and cos of the row at frequency 1.
+    # Row-major raster: place 5 is row 1, column 1; columns 0 and 2 are sin and cos of the row at frequency 1.
     np.testing.assert_allclose(table[5, [0, 2]], [math.sin(1), math.cos(1)], rtol=1e-6)
     np.testing.assert_allclose(table[:4, 0], 0.0, atol=1e-7)  # row 0 everywhere in the first row of places
     assert len(np.unique(table.round(6), axis=0)) == 16  # every place distinct
