@@ -19,8 +19,8 @@ import sys
 
 import numpy as np
 
-from fsq_ref import dense_metrics, metrics, runs, uvim_eval
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import dense_metrics, metrics, runs, uvim_eval
 
 
 def chroma(images: np.ndarray) -> float:

@@ -24,10 +24,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-
-from fsq_ref import allocator, data, features, maskgit_train, tokens
-
 from stages import fsq_cli, mean_std, sample_quality, train
+
+from fsq_ref.data import datasets, tokens
+from fsq_ref.evaluation import features
+from fsq_ref.training import allocator, maskgit_train
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,5,5,5] (1000 codes)", ["--quantizer", "fsq", "--levels", "8,5,5,5"]),
@@ -104,9 +105,9 @@ def main():
     seeds = [int(s) for s in args.seeds.split(",")]
 
     classifier, info = features.load_or_train("fashion-mnist")
-    train_images = data.load("fashion-mnist", "train").get(np.arange(60000))[0]
+    train_images = datasets.load("fashion-mnist", "train").get(np.arange(60000))[0]
     validation = train_images[len(train_images) - len(train_images) // maskgit_train.HELD_OUT_FRACTION:]
-    test_images, test_labels = data.load("fashion-mnist", "test").get(np.arange(10000))
+    test_images, test_labels = datasets.load("fashion-mnist", "test").get(np.arange(10000))
     folders = {key: Path(args.workdir) / key for key in QUANTIZERS}
     for key, (name, options) in QUANTIZERS.items():
         folders[key].mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,10 @@ from pathlib import Path
 import jax
 import jax.random as jr
 import numpy as np
-
-from fsq_ref import allocator, maskgit, maskgit_train, tokenizer
-
 from stages import fsq_cli
+
+from fsq_ref import maskgit, tokenizer
+from fsq_ref.training import allocator, maskgit_train, tokenizer_train
 
 QUANTIZERS = {
     "fsq": ("FSQ [8,6,5] (240 codes)", ["--quantizer", "fsq", "--levels", "8,6,5"]),
@@ -54,7 +54,7 @@ def pipeline(folder: Path, options: list[str], args) -> dict:
 def generation_speed(folder: Path, batch: int = 256, repeats: int = 5) -> float:
     """Images per second: MaskGIT sampling (12 steps) plus decoding, one batch, median after a warm-up."""
     model, _ = maskgit_train.load(folder / "maskgit")
-    ae, qstate, _ = tokenizer.load(folder / "tokenizer")
+    ae, qstate, _ = tokenizer_train.load(folder / "tokenizer")
     labels = np.arange(batch, dtype=np.int32) % model.config.num_classes
 
     def once(i):

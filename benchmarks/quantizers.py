@@ -17,8 +17,9 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 
-from fsq_ref import allocator, fsq
-from fsq_ref.bench import fsq_fn, median_seconds, same_bytes_fn, vq_fn
+from fsq_ref import fsq
+from fsq_ref.experiments.bench import fsq_fn, median_seconds, same_bytes_fn, vq_fn
+from fsq_ref.training import allocator
 
 SIZES = (2**8, 2**10, 2**12, 2**14, 2**16)
 

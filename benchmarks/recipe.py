@@ -27,10 +27,11 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-
-from fsq_ref import allocator, data, features, maskgit_train
-
 from stages import sample_quality, seconds, train
+
+from fsq_ref.data import datasets
+from fsq_ref.evaluation import features
+from fsq_ref.training import allocator, maskgit_train
 
 VARIANTS = {  # the previous main job's recipe first, then one lever changed at a time
     "lr 1e-3, batch 64 (before)": "--learning-rate 1e-3 --batch-size 64",
@@ -88,9 +89,9 @@ def main():
     variants = dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS
 
     classifier, info = features.load_or_train("fashion-mnist")
-    train_images, train_labels = data.load("fashion-mnist", "train").get(np.arange(60000))
+    train_images, train_labels = datasets.load("fashion-mnist", "train").get(np.arange(60000))
     held_out = len(train_images) - len(train_images) // maskgit_train.HELD_OUT_FRACTION
-    test_images, test_labels = data.load("fashion-mnist", "test").get(np.arange(10000))
+    test_images, test_labels = datasets.load("fashion-mnist", "test").get(np.arange(10000))
     count, tokenizer_dir = 10 * PER_CLASS, run / "tokenizer"
     validation, validation_labels = train_images[held_out:], train_labels[held_out:]
     splits = {"guidance": [float(g) for g in args.guidance.split(",")],

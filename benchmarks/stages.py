@@ -12,7 +12,9 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
-from fsq_ref import checkpoint, features, maskgit_train
+from fsq_ref.common import files
+from fsq_ref.evaluation import features
+from fsq_ref.training import checkpoint, maskgit_train
 
 STAGE_RECORD = "stage.json"  # the `fsq train` arguments a finished run was made with
 
@@ -45,7 +47,7 @@ def train(run: Path, *args, log: Path | None = None) -> None:
     if done is None or done[0] < done[1]:
         fsq_cli("train", *args, "--workdir", run, *(["--resume"] if done else []), log=log)
     if not record.exists():
-        checkpoint.write_atomic(record, json.dumps(wanted).encode())
+        files.write_atomic(record, json.dumps(wanted).encode())
 
 
 def _spelled_alike(args: list[str]) -> list[str]:

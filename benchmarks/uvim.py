@@ -29,9 +29,10 @@ from typing import Callable, TypeVar
 
 from stages import fsq_cli, mean_std, seconds, train
 
-from fsq_ref import fsq, runs
-from fsq_ref.cli_uvim import UVIM_QUANTIZERS
-from fsq_ref.errors import InputError
+from fsq_ref import fsq
+from fsq_ref.cli.uvim_commands import UVIM_QUANTIZERS
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import runs
 
 QUANTIZERS = ("fsq", "vq-split", "vq-nosplit")  # the paper's Table 2 columns; "vq" (gradient-trained) may be added
 T = TypeVar("T")

@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from fsq_ref import runs, uvim_eval
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import runs, uvim_eval
 
 
 def image_use(folder: str, limit: int | None) -> dict[str, float]:

@@ -26,8 +26,9 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 
-from fsq_ref import fsq, runs, uvim_eval
-from fsq_ref.errors import InputError
+from fsq_ref import fsq
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import runs, uvim_eval
 
 
 def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, float]:

@@ -6,8 +6,9 @@ layout table).
 
 from importlib.metadata import PackageNotFoundError, version
 
+from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.fsq import FSQ, codes_to_indices, implicit_codebook, indices_to_codes, levels_for, quantize
-from fsq_ref.quantizers import Quantized, QuantizerConfig
+from fsq_ref.quantizers import Quantized
 from fsq_ref.vq import VQ
 
 try:

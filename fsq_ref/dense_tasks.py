@@ -3,7 +3,8 @@
 A task says how its input is shown to the networks (`context`: RGB for depth and panoptic segmentation, grey for
 colorization, as in UViM), how its target is shown to the stage-I encoder (`target`), how many channels the stage-I
 decoder outputs (`out_channels`), the training loss on those outputs, how outputs become a prediction, the trivial
-baseline the model must beat, and the metric the paper reports (`dense_metrics`, as big_vision's evaluators):
+baseline the model must beat, and which metric the paper reports (`primary`; the metrics themselves are in
+`evaluation.dense_metrics`, as big_vision's evaluators compute them):
 
 - depth: RGB -> depth in metres. Follows big_vision's `trainers/proj/uvim/depth_task.py`: the decoder classifies
   each pixel into `DEPTH_BINS` uniform bins over the fixed range [0, max_depth] (`loss_fn`: cross-entropy, with the
@@ -31,10 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from fsq_ref import dense
-from fsq_ref.dense_metrics import ColourMetric, DepthMetric, PanopticMetric, valid_depth
-from fsq_ref.errors import InputError
-from fsq_ref.panoptic import PanopticQuality
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import dense
+from fsq_ref.data.dense import valid_depth
 
 DEPTH_BINS = 256  # UViM's depth quantisation
 DEPTH_HEADS = ("argmax", "expectation")
@@ -58,12 +58,6 @@ def _cross_entropy(logits: Float[Array, "B H W O"], labels) -> Float[Array, ""]:
     return -jnp.mean(jnp.take_along_axis(log_p, jnp.asarray(labels)[..., None], axis=-1))
 
 
-class Metric(Protocol):
-    def update(self, prediction: dict, batch: dict) -> None: ...
-
-    def result(self) -> dict[str, float]: ...
-
-
 class DenseTask(Protocol):
     name: str
     primary: str  # the metric the paper reports for this task
@@ -81,8 +75,6 @@ class DenseTask(Protocol):
     def predict(self, outputs: Float[Array, "B H W O"]) -> dict: ...
 
     def baseline(self, batch: dict) -> dict: ...
-
-    def metric(self) -> Metric: ...
 
     def show(self, values: dict) -> np.ndarray:
         """A prediction (or target) as uint8 RGB pictures [B, H, W, 3]."""
@@ -132,9 +124,6 @@ class Depth:
     def baseline(self, batch):
         return {"depth": np.full(batch["depth"].shape, self.mean_depth, np.float32)}
 
-    def metric(self):
-        return DepthMetric(self.max_depth)
-
     def show(self, values):
         near = 1.0 - np.clip(np.asarray(values["depth"]) / self.max_depth, 0.0, 1.0)  # near is bright
         return np.repeat(np.round(255 * near).astype(np.uint8)[..., None], 3, axis=-1)
@@ -166,9 +155,6 @@ class Colorization:
 
     def baseline(self, batch):
         return {"image": np.repeat(np.asarray(grey(batch["image"])), 3, axis=-1)}
-
-    def metric(self):
-        return ColourMetric()
 
     def show(self, values):
         return np.asarray(values["image"])
@@ -217,9 +203,6 @@ class Panoptic:
     def baseline(self, batch):
         shape = batch["semantic"].shape
         return {"semantic": np.full(shape, self.background, np.int32), "instance": np.zeros(shape, np.int32)}
-
-    def metric(self):
-        return PanopticMetric(PanopticQuality(self.num_classes, self.thing_classes))
 
     def show(self, values):
         """A colour per class, made darker for each further instance of a class."""

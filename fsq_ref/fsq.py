@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
 from fsq_ref.quantizers import Quantized
 
 # The paper's recommended levels (Table 1 and appendix A.4.1), keyed by target codebook size. The appendix gives

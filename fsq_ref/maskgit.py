@@ -32,8 +32,8 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fsq_ref import data
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import datasets
 from fsq_ref.sampling import categorical
 from fsq_ref.transformer import Transformer, dense
 
@@ -238,7 +238,7 @@ def sample(model: MaskGIT, labels: np.ndarray, key: PRNGKeyArray, *, batch_size:
     out = []
     for i, start in enumerate(range(0, len(labels), batch_size)):
         chunk = labels[start:start + batch_size]
-        padded = data.pad_to(chunk.astype(np.int32), batch_size)
+        padded = datasets.pad_to(chunk.astype(np.int32), batch_size)
         tokens = jnp.full((batch_size, config.seq_len), config.mask_token, jnp.int32)
         out.append(np.asarray(generate(model, tokens, jnp.asarray(padded), jr.fold_in(key, i), **options))[:len(chunk)])
     return np.concatenate(out).reshape(len(labels), *config.grid)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
 
 
 def _num_groups(channels: int) -> int:

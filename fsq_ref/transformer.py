@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
 
 
 def causal_mask(seq_len: int) -> Bool[Array, "S S"]:

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
 from fsq_ref.quantizers import Quantized
 
 

@@ -97,6 +97,8 @@ import importlib, pkgutil
 import fsq_ref
 
 for module in pkgutil.walk_packages(fsq_ref.__path__, "fsq_ref."):
+    if module.name.endswith(".__main__"):  # `python -m fsq_ref.cli`: importing it runs the command
+        continue
     importlib.import_module(module.name)
     print("   imported", module.name)
 EOF

@@ -16,7 +16,7 @@ import jax  # noqa: E402
 import jax.random as jr  # noqa: E402
 import pytest  # noqa: E402
 
-from fsq_ref import allocator  # noqa: E402
+from fsq_ref.training import allocator  # noqa: E402
 
 # As the `fsq` command does, before JAX starts its CPU backend: freed step buffers stay in the process.
 allocator.keep_freed_memory()

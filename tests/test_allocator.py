@@ -4,7 +4,7 @@ import platform
 
 import pytest
 
-from fsq_ref import allocator
+from fsq_ref.training import allocator
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="needs glibc")

@@ -3,9 +3,9 @@ they take minutes)."""
 
 import jax
 import jax.numpy as jnp
-
-from fsq_ref import bench
 from test_cli import assert_bad_input, invoke
+
+from fsq_ref.experiments import bench
 
 
 def test_compile_counter_sees_new_shapes_only():

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsq_ref import cache, dense
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import cache, dense
 
 
 @pytest.fixture

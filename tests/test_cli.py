@@ -13,8 +13,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fsq_ref import data, features, maskgit_train, tokenizer
-from fsq_ref.cli import main
+from fsq_ref import tokenizer
+from fsq_ref.cli.commands import main
+from fsq_ref.data import datasets
+from fsq_ref.evaluation import features
+from fsq_ref.training import maskgit_train, tokenizer_train
 
 TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
 
@@ -81,8 +84,8 @@ def test_encode_then_decode_gives_the_models_own_reconstruction(trained, tmp_pat
     assert decoded.shape == (64, 28, 28) and decoded.dtype == np.uint8
     assert (tmp_path / "img.png").is_file() and str(tmp_path / "img.png") in result.output
 
-    model, qstate, _ = tokenizer.load(trained)
-    images, _ = data.load("procedural:64", "test").get(np.arange(64))
+    model, qstate, _ = tokenizer_train.load(trained)
+    images, _ = datasets.load("procedural:64", "test").get(np.arange(64))
     recon, indices, _, _ = tokenizer.reconstruct(model, qstate, images)
     np.testing.assert_array_equal(tokens["indices"], indices)
     np.testing.assert_array_equal(decoded, np.asarray(recon)[..., 0])
@@ -127,22 +130,22 @@ def test_resume_after_ctrl_c_matches_an_uninterrupted_run(tmp_path, monkeypatch)
     args = ["train", "autoencoder", *TINY, "--quantizer", "vq-split", "--codebook-size", 32, "--steps", 6]
     assert invoke(*args, "--workdir", tmp_path / "straight").exit_code == 0
 
-    real, calls = data.batch_indices, []
+    real, calls = datasets.batch_indices, []
 
     def ctrl_c_during_third_batch(*a, **k):
         calls.append(a)
-        if len(calls) == 3 + data.PREFETCH:  # the batches of the next PREFETCH steps are drawn ahead
+        if len(calls) == 3 + datasets.PREFETCH:  # the batches of the next PREFETCH steps are drawn ahead
             os.kill(os.getpid(), signal.SIGINT)
         return real(*a, **k)
 
-    monkeypatch.setattr(data, "batch_indices", ctrl_c_during_third_batch)
+    monkeypatch.setattr(datasets, "batch_indices", ctrl_c_during_third_batch)
     result = invoke(*args, "--workdir", tmp_path / "resumed")
     assert result.exit_code == 130 and "--resume" in result.output
     monkeypatch.undo()
-    assert tokenizer.load(tmp_path / "resumed")[2]["step"] == 3
+    assert tokenizer_train.load(tmp_path / "resumed")[2]["step"] == 3
     assert invoke(*args, "--workdir", tmp_path / "resumed", "--resume").exit_code == 0
 
-    straight, resumed = tokenizer.load(tmp_path / "straight"), tokenizer.load(tmp_path / "resumed")
+    straight, resumed = tokenizer_train.load(tmp_path / "straight"), tokenizer_train.load(tmp_path / "resumed")
     assert resumed[2]["step"] == 6
     for a, b in zip(jax.tree.leaves(straight[:2]), jax.tree.leaves(resumed[:2])):
         np.testing.assert_array_equal(a, b)
@@ -164,7 +167,7 @@ def test_negative_eval_every_is_refused_before_anything_is_written(tmp_path):
 
 
 def test_missing_dataset_says_how_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "nowhere"))
     monkeypatch.delenv("FSQ_DATA_DIR", raising=False)
     assert_bad_input(invoke("train", "autoencoder", "--steps", 1, "--workdir", tmp_path / "w"), "apt-get install")
 
@@ -192,7 +195,7 @@ def test_missing_or_corrupt_checkpoint(trained, tmp_path):
 
 
 def test_bad_token_files(trained, tmp_path):
-    sha = tokenizer.load(trained)[2]["sha256"]
+    sha = tokenizer_train.load(trained)[2]["sha256"]
     cases = {
         "outside": dict(indices=np.full((2, 7, 7), 125, np.int32), tokenizer=sha, codebook_size=125),
         "grids": dict(indices=np.zeros((2, 8, 8), np.int32), tokenizer=sha, codebook_size=125),
@@ -236,7 +239,7 @@ def test_generate_class_rows_and_unconditional(trained, maskgit_run, tmp_path):
     assert samples["indices"].min() >= 0 and samples["indices"].max() < 125
     assert (tmp_path / "s.png").is_file()
     # The sampled tokens decode to exactly the images written.
-    model, qstate, _ = tokenizer.load(trained)
+    model, qstate, _ = tokenizer_train.load(trained)
     np.testing.assert_array_equal(np.asarray(tokenizer.decode(model, qstate, samples["indices"]))[..., 0],
                                   samples["images"])
 
@@ -296,7 +299,7 @@ def test_trainers_take_bfloat16_and_resume_only_in_the_same_dtype(maskgit_run, t
         assert_bad_input(invoke(*args, "--dtype", "float32", "--workdir", tmp_path / name, "--resume"),
                          "other settings")
     # The checkpoints hold float32 parameters and optimiser state (loading checks every leaf's dtype).
-    model, _, header = tokenizer.load(tmp_path / "ae")
+    model, _, header = tokenizer_train.load(tmp_path / "ae")
     assert header["loop"]["dtype"] == "bfloat16"
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
     assert maskgit_train.load(tmp_path / "mg")[1]["loop"]["dtype"] == "bfloat16"

@@ -16,12 +16,13 @@ import jax.random as jr
 import numpy as np
 import pytest
 from PIL import Image
-
-import fsq_ref
-from fsq_ref import checkpoint, export, finetune, fsq, presets, quantizers, runlock, tokenizer
-from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
 from test_snippets import python_blocks
+
+import fsq_ref
+from fsq_ref import bottleneck, fsq, tokenizer
+from fsq_ref.common.errors import InputError
+from fsq_ref.training import checkpoint, export, finetune, presets, runlock, tokenizer_train
 
 FOLDER_IMAGES = 40
 
@@ -87,10 +88,10 @@ def test_options_are_checked_never_ignored(args, message, trained, tmp_path):
 
 
 def test_fsq_codebook_size_picks_the_papers_levels():
-    q = quantizers.from_options("fsq", codebook_size=4096, default_levels=(7, 5, 5, 5, 5))
+    q = bottleneck.from_options("fsq", codebook_size=4096, default_levels=(7, 5, 5, 5, 5))
     assert q.levels == fsq.levels_for(4096) and q.size == 4375
     with pytest.raises(InputError, match="give one of the two"):
-        quantizers.from_options("fsq", levels=(8, 6, 5), codebook_size=1000)
+        bottleneck.from_options("fsq", levels=(8, 6, 5), codebook_size=1000)
 
 
 def test_generate_guidance_default_is_the_documented_one():
@@ -133,14 +134,16 @@ def test_package_surface():
 
 def test_each_command_is_one_library_call_from_python(trained, photos, tmp_path):
     """What `fsq encode`, `decode` and `eval` print and write, the library gives a Python caller directly."""
-    from fsq_ref import runs, tokenizer, tokens
+    from fsq_ref.data import tokens
+    from fsq_ref.evaluation import runs
+    from fsq_ref.training import tokenizer_train
 
-    model, qstate, header = tokenizer.load(trained)
+    model, qstate, header = tokenizer_train.load(trained)
     ds = runs.image_data(header, None, None, "all")
-    made = tokenizer.encode_dataset(model, qstate, header["sha256"], ds, batch_size=16)
+    made = tokenizer_train.encode_dataset(model, qstate, header["sha256"], ds, batch_size=16)
     assert invoke("encode", "--workdir", trained, "--out", tmp_path / "t.npz").exit_code == 0
     np.testing.assert_array_equal(made.indices, tokens.load(tmp_path / "t.npz").indices)
-    images = tokenizer.decode_all(model, qstate, made.indices, batch_size=16)
+    images = tokenizer_train.decode_all(model, qstate, made.indices, batch_size=16)
     assert images.shape == (FOLDER_IMAGES, 28, 28, 1) and images.dtype == np.uint8
     result, spec, count = runs.evaluate(trained)
     assert spec == str(photos) and count == FOLDER_IMAGES // 10 and 0 < result["usage"] <= 1
@@ -175,7 +178,7 @@ def test_fine_tuning_starts_from_the_weights_with_a_fresh_optimiser(trained, tmp
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
 
     def init(header, key):
-        return tokenizer.init_train_state(tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]), 1e-4,
+        return tokenizer_train.init_train_state(tokenizer.TokenizerConfig.from_dict(header["task"]["tokenizer"]), 1e-4,
                                           key=key)
 
     header, state = checkpoint.load_run(workdir, "autoencoder", init)
@@ -206,9 +209,9 @@ def test_fine_tuning_refuses_another_codebook_network_or_kind(trained, tmp_path)
 
 def test_fine_tuning_carries_the_vq_dictionary_over(tmp_path):
     """The EMA dictionary and its counts are part of the model; only the optimiser starts afresh."""
-    config = tokenizer.TokenizerConfig(presets.AUTOENCODER["tiny"], quantizers.QuantizerConfig("vq-split",
+    config = tokenizer.TokenizerConfig(presets.AUTOENCODER["tiny"], bottleneck.QuantizerConfig("vq-split",
                                                                                               codebook_size=16))
-    task = tokenizer.make_task(config, "procedural:64", None, batch_size=4, seed=0, weight_decay=1e-4)
+    task = tokenizer_train.make_task(config, "procedural:64", None, batch_size=4, seed=0, weight_decay=1e-4)
     fresh = task.init_state(jr.key(0))
     trained_state = jax.tree.map(lambda x: x + 1 if eqx.is_inexact_array(x) else x, task.init_state(jr.key(1)))
     checkpoint.save(tmp_path / checkpoint.CHECKPOINT, {"kind": "autoencoder", "task": task.header, "step": 7},
@@ -275,7 +278,7 @@ def test_an_export_reproduces_the_encoder_without_fsq_ref(fmt, trained, tmp_path
             meta = json.loads(str(f["__metadata__"]))
     assert meta["kind"] == "autoencoder" and meta["step"] == 4 and meta["format"] == export.FORMAT
     assert meta["config"]["tokenizer"]["quantizer"]["levels"] == [5, 5, 5]
-    model, _, _ = tokenizer.load(trained)
+    model, _, _ = tokenizer_train.load(trained)
     x = np.asarray(jr.uniform(jr.key(0), (28, 28, 1), minval=-1, maxval=1))
     np.testing.assert_allclose(_numpy_encoder(arrays, meta["config"]["tokenizer"]["autoencoder"], x),
                                model.autoencoder.encode(x), atol=2e-4, rtol=1e-4)

@@ -11,10 +11,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-
-from fsq_ref import runs, uvim, uvim_eval, uvim_train
-from fsq_ref.errors import InputError
 from test_cli import assert_bad_input, invoke
+
+from fsq_ref import uvim
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import runs, uvim_eval
+from fsq_ref.training import uvim_train
 
 DATA = ["--data", "scenes:64:64", "--preset", "tiny", "--batch-size", "8"]
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from fsq_ref import data, dense, dense_tasks, scenes
-from fsq_ref.errors import InputError
+from fsq_ref import dense_tasks
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import datasets, dense, scenes
 
 # --- canonical_instances ------------------------------------------------------------------------------------------
 
@@ -127,7 +128,7 @@ def test_bad_split_and_task(ds):
 
 # --- Fashion-MNIST canvases ----------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not os.path.isdir(data.FASHION_MNIST_DIR), reason="Fashion-MNIST is not installed")
+@pytest.mark.skipif(not os.path.isdir(datasets.FASHION_MNIST_DIR), reason="Fashion-MNIST is not installed")
 def test_fashion_mnist_panoptic():
     ds = dense.load("fashion-mnist-panoptic:64", "train")
     assert len(ds) == 64 and ds.images.shape == (64, 32, 32, 3) and ds.depth is None
@@ -143,7 +144,7 @@ def test_fashion_mnist_panoptic():
 
 def test_fashion_mnist_panoptic_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("FSQ_DATA_DIR", raising=False)
-    monkeypatch.setattr(data, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path / "absent"))
     with pytest.raises(InputError, match="apt-get install -y dataset-fashion-mnist"):
         dense.load("fashion-mnist-panoptic", "test", data_dir=str(tmp_path))
 

@@ -14,8 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from fsq_ref import distributed, tokenizer
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.training import distributed, tokenizer_train
 
 TRAIN = ["train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--levels", "5,5,5",
          "--batch-size", "16", "--steps", "4", "--eval-every", "4"]
@@ -35,7 +35,7 @@ def _finish(process: subprocess.Popen) -> str:
 
 def _losses_and_params(workdir):
     losses = [json.loads(line)["loss"] for line in open(workdir / "metrics.jsonl") if '"train"' in line]
-    model, _, header = tokenizer.load(workdir)
+    model, _, header = tokenizer_train.load(workdir)
     return losses, jax.tree.leaves(model), header
 
 

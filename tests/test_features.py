@@ -8,13 +8,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis.extra import numpy as hnp
 
-from fsq_ref import data, features, metrics
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import datasets
+from fsq_ref.evaluation import features, metrics
 
 
 @pytest.fixture(scope="module")
 def procedural():
-    return data.load("procedural:256", "train"), data.load("procedural:256", "test")
+    return datasets.load("procedural:256", "train"), datasets.load("procedural:256", "test")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +141,7 @@ def test_sample_quality_of_the_real_images_themselves(tiny, procedural):
 
 
 def test_classifier_needs_labels(procedural):
-    unlabelled = data.ArrayDataset(np.zeros((8, 28, 28, 1), np.uint8), None, None)
+    unlabelled = datasets.ArrayDataset(np.zeros((8, 28, 28, 1), np.uint8), None, None)
     with pytest.raises(InputError, match="labels"):
         features.train_classifier(unlabelled, procedural[1], steps=1, batch_size=4, seed=0)
 
@@ -171,7 +172,7 @@ def test_cache_round_trip_and_corrupt_cache_is_retrained(tiny, tmp_path, monkeyp
 @pytest.mark.slow
 def test_fashion_mnist_classifier_is_accurate(tmp_path):
     try:
-        train_ds, test_ds = data.load("fashion-mnist", "train"), data.load("fashion-mnist", "test")
+        train_ds, test_ds = datasets.load("fashion-mnist", "train"), datasets.load("fashion-mnist", "test")
     except InputError as e:
         pytest.skip(str(e))
     _, accuracy = features.train_classifier(train_ds, test_ds)

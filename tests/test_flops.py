@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
-from fsq_ref import flops, maskgit, presets
+from fsq_ref import maskgit
+from fsq_ref.evaluation import flops
+from fsq_ref.training import presets
 
 
 def test_products_and_convolutions_count_two_flops_per_multiply_add():

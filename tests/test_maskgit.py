@@ -14,8 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsq_ref import maskgit, maskgit_train, presets, train
-from fsq_ref.errors import InputError
+from fsq_ref import maskgit
+from fsq_ref.common.errors import InputError
+from fsq_ref.training import maskgit_train, presets, train
 
 K, CLASSES, GRID = 16, 3, (3, 4)
 S = GRID[0] * GRID[1]

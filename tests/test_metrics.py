@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fsq_ref import metrics
+from fsq_ref.evaluation import metrics
 
 
 @settings(deadline=None, max_examples=25)

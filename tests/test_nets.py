@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fsq_ref.errors import InputError
-from fsq_ref import presets
+from fsq_ref.common.errors import InputError
 from fsq_ref.nets import Autoencoder, AutoencoderConfig, _num_groups
+from fsq_ref.training import presets
 from fsq_ref.transformer import Transformer, TransformerBlock, attention, causal_mask, dense
 
 LATENT_DIM = 4  # e.g. FSQ levels [8, 5, 5, 5]

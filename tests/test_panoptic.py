@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fsq_ref import panoptic
-from fsq_ref.dense import canonical_instances
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.data.dense import canonical_instances
+from fsq_ref.evaluation import panoptic
 
 # Classes: 0 background and 1 grass are stuff, 2 cat and 3 dog are things.
 NAMES, THINGS = ("background", "grass", "cat", "dog"), (2, 3)

@@ -12,9 +12,11 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from fsq_ref import data, precision, presets, tokenizer, train, vq
-from fsq_ref.quantizers import QuantizerConfig
-from fsq_ref.errors import InputError
+from fsq_ref import tokenizer, vq
+from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import datasets
+from fsq_ref.training import precision, presets, tokenizer_train, train
 
 
 def test_cast_touches_floating_arrays_only(key):
@@ -45,11 +47,11 @@ def test_vq_computes_in_float32_from_a_bf16_codebook(key):
 def _train_tiny_tokenizer(dtype: str, steps: int = 60):
     config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
                                        QuantizerConfig("fsq", levels=(5, 5, 5)))
-    state = tokenizer.init_train_state(config, 1e-4, key=jr.key(0))
-    step = tokenizer.make_step(1e-4, dtype)
-    ds = data.load("procedural:256", "train")
+    state = tokenizer_train.init_train_state(config, 1e-4, key=jr.key(0))
+    step = tokenizer_train.make_step(1e-4, dtype)
+    ds = datasets.load("procedural:256", "train")
     losses = []
-    for i, (images, _) in zip(range(steps), data.iterate(ds, 16, seed=0)):
+    for i, (images, _) in zip(range(steps), datasets.iterate(ds, 16, seed=0)):
         lr = jnp.float32(train.learning_rate(i, steps, 2e-3, 10))
         state, stats, _ = step(state, images, jr.key(i), lr)
         losses.append(float(stats["loss"]))

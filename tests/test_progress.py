@@ -5,7 +5,7 @@ import io
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fsq_ref import progress
+from fsq_ref.common import progress
 
 
 def test_a_log_gets_one_plain_line_per_report():

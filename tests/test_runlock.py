@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from fsq_ref import runlock
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.training import runlock
 
 HOST = socket.gethostname()
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fsq_ref import scenes
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import scenes
 
 
 @pytest.fixture(scope="module")

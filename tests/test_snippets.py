@@ -1,31 +1,79 @@
-"""The README's Python snippets run as written: the quantizer from Python, FSQ inside a Flax and an Equinox module."""
+"""The Python snippets of the README and of docs/ run as written, and give what their comments say: the first example,
+the functions, FSQ inside a Flax and an Equinox module. (docs/export.md's reading example needs an exported file;
+tests/test_cli_runs.py runs it on one.)"""
 
 import re
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+
+# Each Python block is picked by a string only it contains; a block matched by none of these is run by no test.
+MARKERS = ("fsq = FSQ((8, 5, 5, 5))", "levels_for(2**10)", "flax.linen", "import equinox as eqx", "safe_open")
 
 
 def python_blocks(containing: str = "") -> list[str]:
-    """The ```python blocks of README.md that contain `containing`."""
-    return [b for b in re.findall(r"^```python\n(.*?)^```$", README.read_text(), re.MULTILINE | re.DOTALL)
+    """The ```python blocks of README.md and docs/*.md that contain `containing`."""
+    return [b for page in PAGES
+            for b in re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL)
             if containing in b]
 
 
-@pytest.mark.parametrize("marker, expected", [
-    ("levels_for(2**10)", {}),
-    ("flax.linen", {"y": (4, 16, 32), "indices": (4, 16)}),
-    ("import equinox as eqx", {"y": (16, 32), "indices": (16,)}),
-])
-def test_readme_snippet_runs(marker, expected):
+def run(marker: str) -> dict:
     (block,) = python_blocks(marker)
     namespace = {}
     exec(compile(block, f"README.md ({marker})", "exec"), namespace)
-    for name, shape in expected.items():
-        assert namespace[name].shape == shape
-    if "indices" in expected:
-        indices = np.asarray(namespace["indices"])
-        assert indices.dtype == np.int32 and 0 <= indices.min() and indices.max() < 1000
+    return namespace
+
+
+def assert_indices(indices, shape, size=1000):
+    indices = np.asarray(indices)
+    assert indices.shape == shape and indices.dtype == np.int32
+    assert 0 <= indices.min() and indices.max() < size
+
+
+def test_every_python_block_is_run_by_a_test():
+    for block in python_blocks():
+        assert sum(marker in block for marker in MARKERS) == 1, block
+
+
+def test_first_example():
+    ns = run("fsq = FSQ((8, 5, 5, 5))")
+    codes = np.asarray(ns["codes"])
+    assert ns["fsq"].codebook_size == 1000  # 1000 codes
+    assert codes.shape == (16, 4) and np.abs(codes).max() <= 1  # 16 latents of 4 channels, codes in [-1, 1]
+    np.testing.assert_array_equal(codes * np.array([4, 2, 2, 2]), np.round(codes * np.array([4, 2, 2, 2])))  # grid
+    assert_indices(ns["indices"], (16,))
+    np.testing.assert_array_equal(np.asarray(ns["decoded"]), codes)  # back from the indices: equal to codes
+    assert float(ns["loss"]) == 0 and ns["state"] is None  # no parameters, no auxiliary loss
+
+
+def test_functions():
+    ns = run("levels_for(2**10)")
+    np.testing.assert_array_equal(np.asarray(ns["codes"]), [0.0, 0.5, -1.0])
+    assert int(ns["index"]) == 10 and np.asarray(ns["index"]).dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(ns["back"]), [0.0, 0.5, -1.0])
+    assert ns["paper"] == (8, 5, 5, 5) and np.prod(ns["paper"]) == 1000
+    table = np.asarray(ns["table"])
+    assert table.shape == (1000, 4)
+    np.testing.assert_array_equal(table[10], np.asarray(ns["indices_to_codes"](10, ns["paper"])))
+
+
+def test_flax_module():
+    ns = run("flax.linen")
+    assert ns["y"].shape == (4, 16, 32)
+    assert_indices(ns["indices"], (4, 16))
+
+
+def test_equinox_module():
+    import jax
+
+    ns = run("import equinox as eqx")
+    assert ns["y"].shape == (16, 32)
+    assert_indices(ns["indices"], (16,))
+    # Straight through: the loss reaches the projection in front of the quantizer.
+    assert np.abs(np.asarray(ns["grads"].down.weight)).max() > 0
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(ns["grads"]))

@@ -10,8 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fsq_ref import features, plot, study, study_report, train
-from fsq_ref.errors import InputError
+from fsq_ref.common.errors import InputError
+from fsq_ref.evaluation import features
+from fsq_ref.experiments import plot, study, study_report
+from fsq_ref.training import train
 
 TINY = dict(data_spec="procedural:64", sizes=(16, 64), quantizers=("fsq", "vq"), steps=3, batch_size=16,
             preset="tiny", seed=0, maskgit_steps=2)

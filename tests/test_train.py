@@ -7,11 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fsq_ref import checkpoint, data, presets, tokenizer, train
-from fsq_ref.images import to_unit
-from fsq_ref.quantizers import QuantizerConfig
+from fsq_ref import tokenizer
+from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.data import datasets
+from fsq_ref.data.images import to_unit
+from fsq_ref.training import checkpoint, presets, tokenizer_train, train
 
 
 class ToyTask:
@@ -163,11 +166,11 @@ def test_sharded_step_matches_one_device(tmp_path):
         pytest.skip("needs 4 devices: XLA_FLAGS=--xla_force_host_platform_device_count=4")
     config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
                                        QuantizerConfig("fsq", levels=(5, 5, 5)))
-    ds = data.load("procedural:64", "train")
+    ds = datasets.load("procedural:64", "train")
     loop = train.LoopConfig(steps=4, batch_size=16, log_every=1, warmup_steps=1)
     results = {}
     for n in (1, 4):
-        task = tokenizer.AutoencoderTask(config, ds, ds, batch_size=16, seed=0, weight_decay=loop.weight_decay,
+        task = tokenizer_train.AutoencoderTask(config, ds, ds, batch_size=16, seed=0, weight_decay=loop.weight_decay,
                                          data_header={})
         state, result = train.run(task, tmp_path / str(n), loop, devices=jax.devices()[:n], echo=lambda s: None)
         losses = [json.loads(line)["loss"] for line in open(tmp_path / str(n) / "metrics.jsonl") if '"train"' in line]
@@ -187,7 +190,7 @@ def test_sharded_gradient_matches_one_device(key):
     config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, "tiny"),
                                        QuantizerConfig("fsq", levels=(5, 5, 5)))
     model = tokenizer.Tokenizer(config, key=key)
-    images = data.load("procedural:64", "train").get(np.arange(16))[0]
+    images = datasets.load("procedural:64", "train").get(np.arange(16))[0]
 
     @eqx.filter_jit
     def grad(model, images):

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from fsq_ref import dense, dense_metrics, dense_tasks, presets, uvim, uvim_eval, uvim_train
-from fsq_ref.errors import InputError
-from fsq_ref.quantizers import QuantizerConfig
+from fsq_ref import dense_tasks, uvim
+from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import dense
+from fsq_ref.evaluation import dense_metrics, uvim_eval
+from fsq_ref.training import presets, uvim_train
 
 TINY = presets.ORACLE["tiny"]
 
@@ -214,7 +217,7 @@ def test_task_heads(task, scenes):
 
 
 def _score(task, prediction, batch):
-    metric = task.metric()
+    metric = dense_metrics.for_task(task)
     metric.update(prediction, batch)
     return metric.result()
 
@@ -250,7 +253,7 @@ def test_depth_rmse_is_per_image_then_averaged():
     pred = true.copy()
     pred[0, 0, 0] += 1.0
     pred[1] += 2.0
-    metric = dense_tasks.Depth(max_depth=12.0).metric()
+    metric = dense_metrics.for_task(dense_tasks.Depth(max_depth=12.0))
     metric.update({"depth": pred}, {"depth": true})
     got = metric.result()
     assert got["rmse"] == pytest.approx(1.25) and got["abs_rel"] == pytest.approx((0.25 / 4 + 0.5) / 2)
@@ -268,7 +271,7 @@ _INVALID_DEPTH = st.sampled_from([0.0, -1.0, 13.0, np.nan, np.inf])
 def test_depth_metrics_count_only_pixels_with_a_valid_true_depth(true, pred):
     # Holes in the ground truth (zero: missing in 16-bit PNGs; negative, beyond the range or not finite) are left out
     # of every metric; images without a valid pixel are left out of the average.
-    metric = dense_tasks.Depth(max_depth=12.0).metric()
+    metric = dense_metrics.for_task(dense_tasks.Depth(max_depth=12.0))
     for i in range(2):  # two batches: the images carry over
         metric.update({"depth": pred[i]}, {"depth": true[i]})
     got = metric.result()
@@ -285,7 +288,7 @@ def test_depth_metrics_count_only_pixels_with_a_valid_true_depth(true, pred):
     for name, value in zip(("rmse", "abs_rel", "delta1"), np.mean(per_image, axis=0)):
         assert got[name] == pytest.approx(value, rel=1e-12, abs=1e-12)
     # A prediction equal to the truth wherever it was measured is perfect, whatever it says in the holes.
-    perfect = dense_tasks.Depth(max_depth=12.0).metric()
+    perfect = dense_metrics.for_task(dense_tasks.Depth(max_depth=12.0))
     perfect.update({"depth": np.where(np.isfinite(true) & (true > 0), true, pred)}, {"depth": true})
     assert perfect.result() == {"rmse": 0.0, "abs_rel": 0.0, "delta1": 1.0}
 

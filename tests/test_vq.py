@@ -8,7 +8,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 try:
     from jax import shard_map
@@ -16,7 +17,7 @@ except ImportError:  # older JAX has it only under jax.experimental
     from jax.experimental.shard_map import shard_map
 
 from fsq_ref import vq
-from fsq_ref.quantizers import QuantizerConfig
+from fsq_ref.bottleneck import QuantizerConfig
 
 
 @settings(deadline=None, max_examples=30)

@@ -1,0 +1,90 @@
+"""Which quantizer sits in a bottleneck: the paper's bottlenecks by name, and the choice of one from a few options.
+
+`QuantizerConfig` names one of them in a form that a checkpoint header can record and `build` makes it;
+`from_options` turns the command line's `--quantizer`, `--levels` and `--codebook-size` into one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+from jaxtyping import PRNGKeyArray
+
+from fsq_ref import fsq, vq
+from fsq_ref.common.errors import InputError
+
+Kind = Literal["fsq", "vq", "vq-entropy", "vq-split", "vq-nosplit"]
+KINDS: tuple[str, ...] = Kind.__args__
+DEFAULT_LEVELS = (8, 6, 5)  # the paper's levels for 2^8 codes
+DEFAULT_VQ_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizerConfig:
+    """Which quantizer sits in a bottleneck.
+
+    kind: "fsq" (levels); "vq" (codebook + commitment loss, MaskGIT's VQ without its entropy term); "vq-entropy"
+    (plus MaskGIT's entropy loss, weight 0.1); "vq-split" (UViM's stage-I VQ, big_vision's
+    `models/proj/uvim/vit.py::Model.encode`: EMA dictionary, momentum 0.995, latents standardised per token,
+    l2-normalised codewords, no commitment loss, dead codes split off the most used one when their discounted count
+    falls under 0.1); "vq-nosplit" (the same without splitting: the paper's "VQ without splitting" ablation).
+    """
+
+    kind: Kind = "fsq"
+    levels: tuple[int, ...] = DEFAULT_LEVELS  # FSQ only
+    codebook_size: int = DEFAULT_VQ_SIZE  # VQ only (FSQ's is prod(levels))
+    vq_dim: int = 16  # VQ codeword size
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise InputError(f"unknown quantizer {self.kind!r}: use one of {', '.join(KINDS)}")
+        if self.kind == "fsq":
+            object.__setattr__(self, "levels", fsq.check_levels(self.levels))
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.levels) if self.kind == "fsq" else self.codebook_size
+
+    def describe(self) -> str:
+        """One line for logs: 'fsq, levels [8, 6, 5] (240 codes)' or 'vq-split, 4096 codes'."""
+        if self.kind == "fsq":
+            return f"fsq, levels {list(self.levels)} ({self.size} codes)"
+        return f"{self.kind}, {self.size} codes of {self.vq_dim} channels"
+
+    def build(self, *, key: PRNGKeyArray) -> fsq.FSQ | vq.VQ:
+        if self.kind == "fsq":
+            return fsq.FSQ(self.levels)
+        uvim = {"ema_decay": 0.995, "l2_normalize": True, "standardize": True, "commitment": 0.0}
+        options = {
+            "vq": {},
+            "vq-entropy": {"entropy_weight": 0.1},
+            "vq-split": {**uvim, "split_threshold": 0.1},
+            "vq-nosplit": uvim,
+        }[self.kind]
+        return vq.VQ(self.codebook_size, self.vq_dim, key=key, **options)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> QuantizerConfig:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+def from_options(kind: str, *, levels=None, codebook_size: int | None = None, vq_dim: int = 16,
+                 default_levels: tuple[int, ...] = DEFAULT_LEVELS,
+                 default_vq_size: int = DEFAULT_VQ_SIZE) -> QuantizerConfig:
+    """The quantizer a user asked for with `--quantizer`, `--levels` and `--codebook-size`.
+
+    FSQ takes explicit levels, or the paper's levels for a codebook size (`fsq.levels_for`), or `default_levels`;
+    both given must agree. VQ takes a codebook size (default `default_vq_size`) and refuses levels.
+    """
+    if kind == "fsq":
+        if levels is None:
+            levels = fsq.levels_for(codebook_size) if codebook_size else default_levels
+        elif codebook_size is not None and fsq.codebook_size(levels) != codebook_size:
+            raise InputError(f"--levels {list(levels)} give {fsq.codebook_size(levels)} codes, not --codebook-size "
+                             f"{codebook_size}: give one of the two")
+        return QuantizerConfig("fsq", levels=tuple(levels))
+    if levels is not None:
+        raise InputError("--levels is for FSQ; for VQ give --codebook-size")
+    return QuantizerConfig(kind, codebook_size=codebook_size or default_vq_size, vq_dim=vq_dim)

@@ -1,0 +1,3 @@
+from fsq_ref.cli.commands import main
+
+main()

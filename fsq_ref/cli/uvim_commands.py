@@ -1,0 +1,141 @@
+"""The UViM commands of `fsq`: `train uvim-oracle`, `train uvim-lm` and `predict` (`fsq eval` of a UViM folder is in
+`cli`). Thin, like `cli`: options in, one library call, files and lines of text out."""
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from fsq_ref import bottleneck, dense_tasks
+from fsq_ref.cli.options import int_list, run_training, save_npz, with_options, with_training_options
+from fsq_ref.common.errors import InputError
+from fsq_ref.data import dense
+from fsq_ref.evaluation import runs, uvim_eval
+from fsq_ref.training import checkpoint, presets, train, uvim_train
+
+UVIM_QUANTIZERS = ("fsq", "vq-split", "vq-nosplit", "vq")
+DEFAULT_LEVELS = (7, 5, 5, 5, 5)  # the paper's UViM levels (4375 codes)
+DEFAULT_VQ_SIZE = 4096  # UViM's dictionary
+
+with_dense_data_options = with_options([
+    click.option("--data", "data_spec", default=None,
+                 help="scenes[:N[:M]] (procedural, built in; N train, M test examples), "
+                      "fashion-mnist-panoptic[:N[:M]], or a folder of pairs (see `fsq_ref/dense.py`); default for "
+                      "training: scenes; else the data the model was trained on"),
+    click.option("--data-dir", default=None,
+                 help="folder with the Fashion-MNIST IDX files"),
+])
+
+
+def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every) -> train.LoopConfig:
+    return train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
+                            learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every,
+                            dtype=dtype)
+
+
+@click.command("uvim-oracle")
+@click.option("--task", "task_name", required=True, type=click.Choice(dense_tasks.TASKS))
+@with_dense_data_options
+@click.option("--quantizer", type=click.Choice(UVIM_QUANTIZERS), default="fsq", show_default=True,
+              help="fsq; vq-split (UViM's: EMA dictionary with codebook splitting); vq-nosplit (the same without "
+                   "splitting); vq (codebook + commitment loss)")
+@click.option("--levels", default=None, help="FSQ levels (default: levels_for(--codebook-size), else the paper's "
+              "UViM levels 7,5,5,5,5)")
+@click.option("--codebook-size", type=int, default=None,
+              help=f"VQ codebook size (default {DEFAULT_VQ_SIZE}); for FSQ, picks the paper's levels for that size")
+@click.option("--preset", type=click.Choice(presets.ORACLE), default="quick", show_default=True, help="network size")
+@click.option("--context/--no-context", default=True, show_default=True,
+              help="--no-context: stage I never sees the input image (the paper's context ablation)")
+@click.option("--code-dropout/--no-code-dropout", default=None, help="default: on with context, off without")
+@click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
+              help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
+@with_training_options(batch_size=32, learning_rate=2e-3)
+def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
+                 depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume,
+                 init_from, tensorboard):
+    """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
+
+    \b
+    Example:
+      fsq train uvim-oracle --task depth --data scenes --time-limit 240 --workdir runs/uvim/depth-oracle
+    """
+    levels = tuple(int_list(levels, "--levels", "7,5,5,5,5")) if levels is not None else None
+    q = bottleneck.from_options(quantizer, levels=levels, codebook_size=codebook_size, default_levels=DEFAULT_LEVELS,
+                                default_vq_size=DEFAULT_VQ_SIZE)
+    # Without context, code dropout would only hide part of the output from a decoder that has nothing else to go on.
+    code_dropout = context if code_dropout is None else code_dropout
+    config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,
+                                 context=context)
+    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
+    task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
+                                       seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head)
+    click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
+               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
+               f"{'with' if context else 'without'} image context, code dropout {'on' if code_dropout else 'off'}")
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
+    click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
+
+
+@click.command("uvim-lm")
+@click.option("--oracle", "oracle_dir", required=True, type=click.Path(file_okay=False),
+              help="the stage-I folder (`fsq train uvim-oracle`)")
+@with_dense_data_options
+@click.option("--preset", type=click.Choice(presets.LM), default="quick", show_default=True, help="transformer size")
+@with_training_options(batch_size=32, learning_rate=1e-3)
+@click.option("--encoder-lr-mult", type=float, default=1.0, show_default=True,
+              help="the image encoder's learning rate relative to --learning-rate (the code decoder's)")
+def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
+             eval_every, workdir, resume, init_from, tensorboard, encoder_lr_mult):
+    """Train UViM's stage II: an encoder-decoder transformer that predicts the oracle's guiding code from the input.
+
+    \b
+    Example:
+      fsq train uvim-lm --oracle runs/uvim/depth-oracle --time-limit 240 --workdir runs/uvim/depth-lm
+    """
+    header = checkpoint.read_run(oracle_dir, "uvim-oracle")
+    recorded = runs.recorded_data(header)
+    size = header["task"]["oracle"]["image_size"]
+    data_spec, data_dir = runs.data_for(header, data_spec, data_dir)
+    train_ds = dense.load(data_spec, "train", data_dir=data_dir, size=size, seed=recorded["seed"])
+    test_ds = dense.load(data_spec, "test", data_dir=data_dir, size=size, seed=recorded["seed"])
+    loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
+    task = uvim_train.LMTask(presets.pick(presets.LM, preset), oracle_dir, train_ds, test_ds, batch_size=batch_size,
+                             seed=seed, weight_decay=loop.weight_decay,
+                             data_header={"spec": data_spec, "data_dir": data_dir, "seed": recorded["seed"]},
+                             dtype=loop.dtype, encoder_lr_mult=encoder_lr_mult)
+    click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec} ({len(train_ds)} train and "
+               f"{len(test_ds)} test examples): predicting codes of {task.oracle_config.grid ** 2} tokens from "
+               f"{task.codebook_size}, of an oracle {'with' if task.oracle_config.context else 'without'} image "
+               "context")
+    run_training(task, workdir, loop, resume, init_from, tensorboard)
+    click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, predictions, targets)")
+
+
+@click.command()
+@click.option("--workdir", required=True, help="a stage-II folder (`fsq train uvim-lm`), or a stage-I folder")
+@click.option("--oracle", "oracle_dir", default=None,
+              help="stage I's folder (default: the one stage II was trained with)")
+@with_dense_data_options
+@click.option("--split", type=click.Choice(dense.SPLITS), default="test", show_default=True)
+@click.option("--limit", type=int, default=None, help="only the first N examples")
+@click.option("--temperature", type=float, default=0.0, show_default=True, help="stage II sampling; 0 is greedy")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="the .npz to write")
+def predict(workdir, oracle_dir, data_spec, data_dir, split, limit, temperature, seed, out):
+    """Dense predictions of a UViM model: image -> code -> output, with a PNG of inputs, predictions and targets.
+
+    Writes the predictions (`depth`, `image`, or `semantic` + `instance`) and the guiding `code` of every example.
+
+    \b
+    Example:
+      fsq predict --workdir runs/uvim/depth-lm --split test --out runs/uvim/depth-preds.npz
+    """
+    if temperature < 0:
+        raise InputError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
+    lm, oracle, qstate, task, header = runs.uvim_models(workdir, oracle_dir)
+    ds = runs.dense_data(header, data_spec, data_dir, split, limit)
+    predictions, codes = uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
+    save_npz(out, code=codes, **predictions)
+    png = uvim_eval.picture(Path(out).with_suffix(".png"), task, ds, predictions)
+    click.echo(f"wrote {out}: {task.name} predictions for {len(ds)} examples ({split} split of "
+               f"{runs.data_for(header, data_spec, data_dir)[0]})\npicture: {png} (inputs, predictions, targets)")

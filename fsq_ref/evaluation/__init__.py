@@ -1,0 +1,1 @@
+"""Measuring: codebook usage, reconstruction and sample quality, the dense tasks' metrics, FLOPs, trained run folders."""

@@ -1,0 +1,1 @@
+"""Training: the loop every model shares, checkpoints and run folders, and each model's training task."""
