@@ -99,16 +99,8 @@ class TransformerBlock(eqx.Module):
     mlp: FeedForward
     dropout: eqx.nn.Dropout
 
-    def __init__(
-        self,
-        *,
-        dim: int,
-        num_heads: int,
-        mlp_dim: int,
-        dropout: float,
-        cross_attention: bool = False,
-        key: PRNGKeyArray,
-    ):
+    def __init__(self, *, dim: int, num_heads: int, mlp_dim: int, dropout: float, cross_attention: bool = False,
+                 key: PRNGKeyArray):
         if dim % num_heads:
             raise InputError(f"dim must be a multiple of num_heads; got dim={dim}, num_heads={num_heads}")
         if not 0.0 <= dropout < 1.0:
@@ -116,16 +108,8 @@ class TransformerBlock(eqx.Module):
         self_key, cross_key, mlp_key = jr.split(key, 3)
 
         def make_attention(attn_key):
-            return eqx.nn.MultiheadAttention(
-                num_heads,
-                dim,
-                use_query_bias=True,
-                use_key_bias=True,
-                use_value_bias=True,
-                use_output_bias=True,
-                dropout_p=dropout,
-                key=attn_key,
-            )
+            return eqx.nn.MultiheadAttention(num_heads, dim, use_query_bias=True, use_key_bias=True,
+                                             use_value_bias=True, use_output_bias=True, dropout_p=dropout, key=attn_key)
 
         self.self_norm = eqx.nn.LayerNorm(dim)
         self.self_attn = make_attention(self_key)
@@ -135,15 +119,9 @@ class TransformerBlock(eqx.Module):
         self.mlp = FeedForward(dim, mlp_dim, key=mlp_key)
         self.dropout = eqx.nn.Dropout(dropout)
 
-    def __call__(
-        self,
-        x: Float[Array, "S F"],
-        *,
-        context: Float[Array, "T F"] | None = None,
-        mask: Bool[Array, "S S"] | None = None,
-        key: PRNGKeyArray | None = None,
-        inference: bool = False,
-    ) -> Float[Array, "S F"]:
+    def __call__(self, x: Float[Array, "S F"], *, context: Float[Array, "T F"] | None = None,
+                 mask: Bool[Array, "S S"] | None = None, key: PRNGKeyArray | None = None,
+                 inference: bool = False) -> Float[Array, "S F"]:
         """Apply the block to one sequence.
 
         Args:
@@ -214,15 +192,8 @@ class TransformerBlock(eqx.Module):
                 f"got context={has}, cross_attention={self.cross_attn is not None}"
             )
 
-    def _attend(
-        self,
-        attn: eqx.nn.MultiheadAttention,
-        query: Float[Array, "S F"],
-        context: Float[Array, "T F"],
-        mask: Bool[Array, "S T"] | None,
-        key: PRNGKeyArray | None,
-        inference: bool,
-    ) -> Float[Array, "S F"]:
+    def _attend(self, attn: eqx.nn.MultiheadAttention, query: Float[Array, "S F"], context: Float[Array, "T F"],
+                mask: Bool[Array, "S T"] | None, key: PRNGKeyArray | None, inference: bool) -> Float[Array, "S F"]:
         # One key for dropout on the attention weights, one for dropout on the branch's output.
         attn_key, out_key = (None, None) if key is None else jr.split(key)
         out = attention(attn, query, context, mask, key=attn_key, inference=inference)

@@ -27,14 +27,13 @@ import numpy as np
 from PIL import Image
 
 from fsq_ref.common.errors import InputError
-from fsq_ref.data import image_files
+from fsq_ref.data import image_files, procedural
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's `dataset-fashion-mnist` puts the files
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )
 _IDX_FILES = {"train": "train", "test": "t10k"}  # split -> file prefix
-_PROCEDURAL_SIZES = {"train": 2048, "test": 512}
 SPLITS = ("train", "test", "all")  # "all": both splits (built-in data), or every image (a user's file or folder)
 T = TypeVar("T")
 
@@ -110,7 +109,8 @@ def load(spec: str, split: str = "train", *, data_dir: str | None = None, image_
         images, labels = _joined([_fashion_mnist(s, data_dir) for s in _parts(split)])
         return ArrayDataset(images, labels, len(FASHION_MNIST_CLASSES), image_size, channels)
     if spec == "procedural" or spec.startswith("procedural:"):
-        images, labels = _joined([_procedural(spec, s, seed, image_size or 28, channels or 1) for s in _parts(split)])
+        size, channels = image_size or 28, channels or 1
+        images, labels = _joined([procedural.generate(spec, s, seed, size, channels) for s in _parts(split)])
         return ArrayDataset(images, labels, 10)
     if spec.endswith(".npz"):
         return ArrayDataset(*image_files.npz(spec, split, seed), image_size, channels)
@@ -260,52 +260,3 @@ def _read_idx(path: Path) -> np.ndarray:
         raise InputError(f"{path} is truncated or has trailing bytes (header says shape {shape}, file has "
                          f"{len(raw)} bytes): download it again")
     return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
-def _procedural(spec: str, split: str, seed: int, size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ten classes of simple shapes and stripes with jittered position, size, phase, colour and noise."""
-    count = spec.removeprefix("procedural").removeprefix(":")
-    if count and not (count.isdigit() and int(count) >= 1):
-        raise InputError(f"bad dataset {spec!r}: write 'procedural' or 'procedural:N' with N a positive integer")
-    n = int(count) if count else _PROCEDURAL_SIZES[split]
-    # Seeding with the split's position makes train and test independent draws from the same distribution.
-    rng = np.random.default_rng([seed, list(_PROCEDURAL_SIZES).index(split)])
-    labels = rng.permutation(np.arange(n) % 10).astype(np.int32)  # balanced to within one example per class
-    # Coordinates in [-1, 1] so that every pattern is defined independently of the pixel size.
-    v, u = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
-    mask = np.empty((n, size, size), bool)
-    for c in range(10):
-        (which,) = np.nonzero(labels == c)
-        cx, cy = rng.uniform(-0.25, 0.25, (2, len(which), 1, 1))
-        r = rng.uniform(0.35, 0.6, (len(which), 1, 1))
-        freq, phase = rng.uniform(2, 3.5, (len(which), 1, 1)), rng.uniform(0, 2 * np.pi, (len(which), 1, 1))
-        mask[which] = _pattern(c, u, v, u - cx, v - cy, r, freq, phase)
-    background = rng.uniform(0, 60, (n, 1, 1, channels))
-    foreground = rng.uniform(150, 255, (n, 1, 1, channels))
-    images = np.where(mask[..., None], foreground, background) + rng.normal(0, 8, (n, size, size, channels))
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8), labels
-
-
-def _pattern(c: int, u: np.ndarray, v: np.ndarray, dx: np.ndarray, dy: np.ndarray, r: np.ndarray,
-             freq: np.ndarray, phase: np.ndarray) -> np.ndarray:
-    """The foreground mask [B, H, W] of class `c` from the pixel coordinates u, v [H, W], the offsets dx, dy from
-    each example's centre [B, H, W], and its size `r`, stripe frequency and phase [B, 1, 1]."""
-    width = 0.12  # half the line width: lines about 3 pixels wide at 28x28
-    radius, box = np.hypot(dx, dy), np.maximum(abs(dx), abs(dy))
-
-    def stripes(t):  # a square wave along coordinate t
-        return np.sin(np.pi * freq * t + phase) > 0
-
-    match c:
-        case 0: return radius < r  # filled disc
-        case 1: return abs(radius - r) < width  # ring
-        case 2: return box < 0.85 * r  # filled square
-        case 3: return abs(box - 0.85 * r) < width  # outlined square
-        case 4: return stripes(v)  # horizontal stripes
-        case 5: return stripes(u)  # vertical stripes
-        case 6: return stripes((u + v) / np.sqrt(2))  # diagonal stripes
-        case 7: return stripes((u - v) / np.sqrt(2))  # anti-diagonal stripes
-        case 8: return (box < r) & (np.minimum(abs(dx), abs(dy)) < width)  # plus sign
-        case _: return (dy < r) & (abs(dx) < (dy + r) / 2)  # triangle pointing up
-
-
