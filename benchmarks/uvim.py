@@ -10,9 +10,9 @@ for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--j
 (default 2). Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes
 WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
 of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
-codes, where a 4375-code one did not (BENCHMARKS.md, session 9). Stage II's peak learning rate is big_vision's 1e-3;
+codes, where a 4375-code one did not (docs/uvim.md). Stage II's peak learning rate is big_vision's 1e-3;
 3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and raised only FSQ's
-PQ on panoptic (BENCHMARKS.md, session 17).
+PQ on panoptic (docs/uvim.md).
 
     python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation] [--lm-learning-rate 1e-3]
                               [--tasks depth,colorization,panoptic]
@@ -50,7 +50,7 @@ def names(codebook_size: int) -> dict[str, str]:
 
 class Stages:
     """Runs a table's stages, `jobs` at a time (each stage is one `fsq` child process). A single process leaves part
-    of a 2-core CPU idle, so two side by side finish a table sooner (BENCHMARKS.md, session 12). Side by side, each
+    of a 2-core CPU idle, so two side by side finish a table sooner (BENCHMARKS.md, UViM). Side by side, each
     child's output goes to RUN.log beside its folder, and this script says when each stage starts and ends."""
 
     def __init__(self, jobs: int):

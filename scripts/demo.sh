@@ -8,7 +8,7 @@
 #   5. scores the samples (Frechet distance, precision/recall, class accuracy) against the tokenizer's reconstructions.
 # The learning rate and choice temperature were chosen on a validation split (held-out training images) by
 # benchmarks/recipe.py: at this budget lr 2e-3 beat 1e-3, 3e-3 and batch 32, and choice temperature 9 beat MaskGIT's
-# 4.5 on 49-token grids (BENCHMARKS.md, "Session 6"). Both stages evaluate only at the end (--eval-every 0): an
+# 4.5 on 49-token grids (docs/maskgit.md). Both stages evaluate only at the end (--eval-every 0): an
 # evaluation in between would take from their time budget.
 # Usage: bash scripts/demo.sh [RUN_DIR]   (default runs/demo; finished stages found there are reused)
 set -euo pipefail

@@ -1,5 +1,5 @@
-"""The disk cache (`fsq_ref.cache`): entries are made once, read back equal, named by everything they depend on, and
-a damaged or unwritable cache is handled rather than trusted."""
+"""The disk cache (`fsq_ref.data.cache`): entries are made once, read back equal, named by everything they depend on,
+and a damaged or unwritable cache is handled rather than trusted."""
 
 import numpy as np
 import pytest

@@ -34,7 +34,8 @@ def _fashion_mnist_or_skip(split, **kwargs):
 @pytest.mark.parametrize("split, n", [("train", 60000), ("test", 10000)])
 def test_fashion_mnist_shapes(split, n):
     ds = _fashion_mnist_or_skip(split)
-    assert len(ds) == n and ds.image_shape == (28, 28, 1) and ds.num_classes == len(datasets.FASHION_MNIST_CLASSES) == 10
+    assert len(ds) == n and ds.image_shape == (28, 28, 1)
+    assert ds.num_classes == len(datasets.FASHION_MNIST_CLASSES) == 10
     idx = np.random.default_rng(0).choice(n, 500, replace=False)
     images, labels = ds.get(idx)
     _check_batch(ds, images, labels, 500)

@@ -3,9 +3,9 @@ segmentation.
 
 The paper trains UViM on NYU Depth v2, ImageNet and COCO panoptic. A reference implementation has to run on a laptop,
 so `load` offers three small sources with the same interface, `DenseData`:
-- "scenes[:N]": procedural 3-D scenes ray-cast in numpy (`fsq_ref.scenes`). Image, depth, semantic and instance maps
-  come from the same rays, so every label is exact. The 8192 + 4096 default scenes of 32x32 take about 15 s on a
-  2-core CPU the first time, then are read from the disk cache (`fsq_ref.cache`).
+- "scenes[:N]": procedural 3-D scenes ray-cast in numpy (`scenes`). Image, depth, semantic and instance maps come
+  from the same rays, so every label is exact. The 8192 + 4096 default scenes of 32x32 take about 15 s on a
+  2-core CPU the first time, then are read from the disk cache (`cache`).
 - "fashion-mnist-panoptic[:N]": black canvases with two or three overlapping Fashion-MNIST garments on them (panoptic
   segmentation only).
 - a folder of the user's own images with depth and/or panoptic labels (the layout is described in `load`).
@@ -133,7 +133,7 @@ def load(spec: str, split: str, *, data_dir: str | None = None, size: int = 32, 
         millimetres), and/or semantic/NAME.png with instance/NAME.png (integer PNGs); DIR/classes.json may give
         {"names": [...], "things": [class indices]} (by default classes are "class0", "class1"..., all but 0 things).
       split: "train" or "test".
-      data_dir: where to look for the Fashion-MNIST files first (see `data.load`).
+      data_dir: where to look for the Fashion-MNIST files first (see `datasets.load`).
       size: side of the square images; folder images are centre-cropped and resized (labels by nearest neighbour).
       seed: seeds the generated scenes and canvases.
 

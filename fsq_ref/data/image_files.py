@@ -1,4 +1,4 @@
-"""User data on disk: an .npz file of images, or a folder of PNG/JPEG images; both opened by `data.load`.
+"""User data on disk: an .npz file of images, or a folder of PNG/JPEG images; both opened by `datasets.load`.
 
 Splits. A folder with exactly the subfolders `train/` and `test/` is split by them (beneath each, one subfolder per
 class, or none). Any other folder, and an .npz file, has no split of its own: "all" is every image, and a seeded 10% of
@@ -29,7 +29,7 @@ class ImageFolder:
 
     A batch's files are decoded and resized by `threads` threads (default: one per CPU core); Pillow releases the
     interpreter lock while it decodes and resamples, so they run in parallel. (The training loop also fetches the
-    next batches in the background while a step runs: `data.step_batches`.)
+    next batches in the background while a step runs: `datasets.step_batches`.)
     """
 
     def __init__(self, paths: list[Path], labels: np.ndarray | None, class_names: tuple[str, ...] | None,

@@ -1,1 +1,1 @@
-"""Measuring: codebook usage, reconstruction and sample quality, the dense tasks' metrics, FLOPs, trained run folders."""
+"""Measuring: codebook usage, reconstruction and sample quality, the dense tasks' metrics, FLOPs, run folders."""

@@ -49,7 +49,8 @@ class Classifier(eqx.Module):
     """Two stride-2 4x4 convolutions (32 and 64 channels), a 128-unit hidden layer (the features), then logits.
 
     Strided convolutions rather than convolution + max pooling: a training step is four times faster on a CPU, which
-    decides whether training fits in about a minute, and the network still reaches ~91% on Fashion-MNIST. Works on ONE image, channels last; callers vmap.
+    decides whether training fits in about a minute, and the network still reaches ~91% on Fashion-MNIST. Works on
+    ONE image, channels last; callers vmap.
     """
 
     conv1: eqx.nn.Conv2d
@@ -157,8 +158,8 @@ def load_or_train(data_spec: str, *, data_dir: str | None = None, cache_dir: str
     """The feature classifier of a dataset: loaded from the cache, or trained once and cached.
 
     Args:
-      data_spec: the dataset, as `data.load` takes it ("fashion-mnist", "procedural:N", a path); its native size.
-      data_dir: where to look for Fashion-MNIST first (see `data.load`).
+      data_spec: the dataset, as `datasets.load` takes it ("fashion-mnist", "procedural:N", a path); its native size.
+      data_dir: where to look for Fashion-MNIST first (see `datasets.load`).
       cache_dir: the cache folder; $FSQ_CACHE_DIR or ~/.cache/fsq-ref when None.
       echo: receives one line when the classifier has to be trained.
 

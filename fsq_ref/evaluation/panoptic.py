@@ -12,7 +12,7 @@ predicted segments and FN the unmatched true ones:
 
 The counts are summed over all images before dividing, as in the COCO panopticapi evaluator, and the reported PQ is
 the mean over the classes that occur (TP + FP + FN > 0). All values are fractions in [0, 1], not percentages. Every
-pixel is labelled (no void label), as in the data of `fsq_ref.dense`.
+pixel is labelled (no void label), as in the data of `fsq_ref.data.dense`.
 
 Legend: N images, H W image height and width, S segments, K classes.
 """

@@ -1,6 +1,6 @@
 """UViM at inference: stage I's and stage II's predictions over a dataset, their scores, codebook usage and pictures.
 
-Every pass runs over the whole dataset in padded batches of one size (`data.pass_indices`: one compilation). The
+Every pass runs over the whole dataset in padded batches of one size (`datasets.pass_indices`: one compilation). The
 prediction functions are those of the paper's two-stage model: the oracle (stage I) reads the target and gives the
 best that any stage II could reach with its decoder; the full model reads only the input (image -> stage II's code
 -> stage I's decoder, with the image).

@@ -171,7 +171,8 @@ def _maskgit_panels(state, run_dir: Path, shared: _SharedData, test_tokens: toke
                     echo: Callable[[str], None]) -> dict:
     """Train a MaskGIT on the tokenizer's train tokens (resuming one that was stopped) and measure Fig. 3's other two
     panels with it: bits per token on the test tokens and the sampling Frechet distance."""
-    train_tokens = tokenizer_train.encode_dataset(state.model, state.qstate, test_tokens.tokenizer, shared.train, EVAL_BATCH)
+    train_tokens = tokenizer_train.encode_dataset(state.model, state.qstate, test_tokens.tokenizer, shared.train,
+                                                  EVAL_BATCH)
     task = maskgit_train.make_task(MASKGIT_PRESET, train_tokens, test_tokens, batch_size=MASKGIT_BATCH, seed=seed)
     loop = train.LoopConfig(steps=steps, batch_size=MASKGIT_BATCH, seed=seed, learning_rate=MASKGIT_LR,
                             weight_decay=maskgit_train.WEIGHT_DECAY, eval_every=steps,
@@ -184,7 +185,8 @@ def _maskgit_panels(state, run_dir: Path, shared: _SharedData, test_tokens: toke
         raise KeyboardInterrupt
     sample_labels = np.repeat(np.arange(task.config.num_classes, dtype=np.int32), SAMPLES_PER_CLASS)
     indices = maskgit.sample(mg_state.model, sample_labels, jr.key(seed), guidance=GUIDANCE)
-    fake, predicted = features.extract(shared.classifier, tokenizer_train.decode_all(state.model, state.qstate, indices))
+    images = tokenizer_train.decode_all(state.model, state.qstate, indices)
+    fake, predicted = features.extract(shared.classifier, images)
     return {"maskgit_nll": evaluation["nll"],
             "maskgit_bits_per_token": maskgit_train.bits_per_token(mg_state.model, test_tokens.indices),
             "sampling_frechet_distance": metrics.frechet_distance(shared.features, fake),
@@ -200,9 +202,9 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
 
     Args:
       workdir: the study's folder (created if needed); a folder of an earlier call with the same options continues it.
-      data_spec, data_dir: the dataset, as `data.load` takes them; the test split is what every run is measured on.
+      data_spec, data_dir: the dataset, as `datasets.load` takes them; the test split is what every run is measured on.
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
-      quantizers: any of `quantizers.KINDS` (see `quantizers.QuantizerConfig`); by default the four of Fig. 3.
+      quantizers: any of `bottleneck.KINDS` (see `bottleneck.QuantizerConfig`); by default the four of Fig. 3.
       steps, batch_size, preset, seed: the budget and network every run shares.
       maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels).
       echo: receives a progress line before each run, and the training loop's messages.

@@ -7,7 +7,7 @@ coordinator, either from explicit settings (`fsq --coordinator-address HOST:PORT
 `--distributed auto`, from the environment a cluster manager provides (SLURM, Open MPI, Cloud TPU: JAX detects it).
 
 In the training loop (`train.run`) every process computes the same global batch indices and loads only its own
-rows (`data.local_rows`), assembled into one global batch split across the devices (`global_batch`); the state
+rows (`datasets.local_rows`), assembled into one global batch split across the devices (`global_batch`); the state
 is replicated (`replicate`). Process 0 alone writes checkpoints, logs and pictures; the
 others only train. Decisions that must be unanimous (stop at a time limit or after Ctrl-C, the length of a
 schedule sized from a time budget) are process 0's, broadcast to all.
@@ -81,7 +81,7 @@ def agree(value):
 
 
 def global_batch(local_batch, mesh: Mesh):
-    """The global batch, split along the mesh's "data" axis, from this process's rows of it (`data.local_rows`)."""
+    """The global batch, split along the mesh's "data" axis, from this process's rows of it (`datasets.local_rows`)."""
     sharding = NamedSharding(mesh, P("data"))
     count = jax.process_count()
     return jax.tree.map(

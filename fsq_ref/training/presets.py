@@ -50,7 +50,7 @@ ORACLE: dict[str, OracleConfig] = {
     "quick": OracleConfig(image_size=32, base_filters=16, channel_multipliers=(1, 2, 2, 4), num_res_blocks=1,
                           context_dim=32),
     # The same width with one halving fewer: an 8x8 code (64 tokens), four times the tokens per image, so that a
-    # 4375-code FSQ sees enough tokens to use most of its codebook (issue 12; the reference has 256 tokens).
+    # 4375-code FSQ sees enough tokens to use most of its codebook (docs/uvim.md; the reference has 256 tokens).
     "quick-8x8": OracleConfig(image_size=32, base_filters=16, channel_multipliers=(1, 2, 4), num_res_blocks=1,
                               context_dim=32),
 }

@@ -123,8 +123,8 @@ class AutoencoderTask:
     kind = "autoencoder"
     pictures = ("reconstructions.png",)
 
-    def __init__(self, config: TokenizerConfig, train_ds: datasets.Dataset, eval_ds: datasets.Dataset, *, batch_size: int,
-                 seed: int, weight_decay: float, data_header: dict, dtype: str = "float32"):
+    def __init__(self, config: TokenizerConfig, train_ds: datasets.Dataset, eval_ds: datasets.Dataset, *,
+                 batch_size: int, seed: int, weight_decay: float, data_header: dict, dtype: str = "float32"):
         if train_ds.image_shape != (config.autoencoder.image_size,) * 2 + (config.autoencoder.channels,):
             raise InputError(f"the data's images are {train_ds.image_shape} but the preset expects "
                              f"{config.autoencoder.image_size}x{config.autoencoder.image_size}x"
