@@ -2,9 +2,9 @@
 
 `jax.random.categorical` draws one Gumbel variable per code (the Gumbel-max trick): for a batch of 256 MaskGIT
 sequences of 49 positions over 1000 codes that is 12.5 million random numbers and an arg-max over them per decoding
-step, a quarter of the time of a guided generation step on the CPU. `categorical` here inverts the cumulative
-distribution instead: one uniform number per position, a cumulative sum and a count over the codes. Same
-distribution, about 3x faster there; a different random stream than `jax.random.categorical` for the same key.
+step, a large share of a generation step on a CPU. `categorical` here inverts the cumulative distribution instead:
+one uniform number per position, a cumulative sum and a count over the codes. Same distribution, several times
+faster there (docs/choices.md); a different random stream than `jax.random.categorical` for the same key.
 """
 
 import jax.numpy as jnp

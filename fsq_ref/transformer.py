@@ -5,8 +5,7 @@ Every module here works on ONE sequence; callers `jax.vmap` over the batch. The 
 `MultiheadAttention`), so checkpoints hold equinox's parameters, but they are applied here to the whole sequence at
 once (`dense`, `attention`): `jax.vmap(linear)` computes weight @ x per row, which XLA on the CPU lays out transposed
 and copies back around every matrix product; x @ weight.T over the rows needs no such copies, and attention runs
-head-major, the layout XLA's batched products are fastest on (the MaskGIT training step of the fashion-mnist preset
-runs 5-10% faster than with equinox's modules applied row by row).
+head-major, the layout XLA's batched products are fastest on (docs/choices.md has what it gains).
 
 Dimension letters: S sequence length, T context length (cross-attention), F model width.
 """
@@ -168,7 +167,7 @@ class TransformerBlock(eqx.Module):
         context's): the row `position` of `self(x_all, context=..., mask=causal_mask(S), inference=True)`. Returns
         it, and `keys` and `values` with this position's written in. Writing one position into the stack's arrays
         lets XLA update them in place; updating this block's slice and stacking the slices again copied the whole
-        cache at every step (twice the decoding time of the `quick` UViM stage II)."""
+        cache at every step."""
         heads = self.self_attn.num_heads
         h = jax.vmap(self.self_norm)(x)
         at = (layer, 0, position, 0)

@@ -4,8 +4,8 @@ segmentation.
 The paper trains UViM on NYU Depth v2, ImageNet and COCO panoptic. A reference implementation has to run on a laptop,
 so `load` offers three small sources with the same interface, `DenseData`:
 - "scenes[:N]": procedural 3-D scenes ray-cast in numpy (`scenes`). Image, depth, semantic and instance maps come
-  from the same rays, so every label is exact. The 8192 + 4096 default scenes of 32x32 take about 15 s on a
-  2-core CPU the first time, then are read from the disk cache (`cache`).
+  from the same rays, so every label is exact. The default 8192 + 4096 scenes are made once per machine, then read
+  from the disk cache (`cache`).
 - "fashion-mnist-panoptic[:N]": black canvases with two or three overlapping Fashion-MNIST garments on them (panoptic
   segmentation only).
 - a folder of the user's own images with depth and/or panoptic labels (the layout is described in `load`).

@@ -21,8 +21,6 @@ so colorization has something to learn. Only brightness and saturation are drawn
 Depth is the distance along the camera's optical axis (the z of camera coordinates), not the length of the ray; it
 is finite, > 0 and at most 11.03 m (where the wall meets the ground), below MAX_DEPTH.
 
-Timing: 8192 scenes of 32x32 take about 3 s on one CPU core.
-
 Legend: N scenes, H W image height and width (square, `size`), P = H*W pixels, M = MAX_OBJECTS object slots per
 scene, m scenes in one intersection call.
 """

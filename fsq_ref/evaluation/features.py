@@ -37,7 +37,7 @@ from fsq_ref.evaluation import metrics
 from fsq_ref.training import checkpoint, tokenizer_train, train
 
 VERSION = 1  # part of the cache file name: bump it whenever the network or its training changes
-TRAIN_STEPS = 3000  # about 3 epochs of Fashion-MNIST at batch 64: ~91% test accuracy in about a minute on 2 cores
+TRAIN_STEPS = 3000  # about 3 epochs of Fashion-MNIST at batch 64 (its accuracy: docs/choices.md)
 BATCH_SIZE = 64  # small batches: more accuracy per second of CPU than large ones
 LEARNING_RATE = 3e-3
 WEIGHT_DECAY = 1e-4
@@ -48,9 +48,9 @@ FEATURES = 128  # F, the size of the penultimate layer in which the metrics are 
 class Classifier(eqx.Module):
     """Two stride-2 4x4 convolutions (32 and 64 channels), a 128-unit hidden layer (the features), then logits.
 
-    Strided convolutions rather than convolution + max pooling: a training step is four times faster on a CPU, which
-    decides whether training fits in about a minute, and the network still reaches ~91% on Fashion-MNIST. Works on
-    ONE image, channels last; callers vmap.
+    Strided convolutions rather than convolution + max pooling: a training step is several times faster on a CPU,
+    which decides whether training fits in a minute or so, at little cost in accuracy (docs/choices.md). Works on ONE
+    image, channels last; callers vmap.
     """
 
     conv1: eqx.nn.Conv2d

@@ -14,7 +14,7 @@ Areas:
 
 Model FLOP utilisation (MFU): the FLOPs of the matrix products and convolutions of one step or generation call
 (`flops.count`, on the traced function) over its median time, as a fraction of the rate of a large float32 matrix
-product timed in the same run (`matmul_rate`; about 300 GFLOP/s on a 2-core x86 server): how close a step comes to
+product timed in the same run (`matmul_rate`; BENCHMARKS.md has its figure per machine): how close a step comes to
 what the device does at best.
 
 Every figure is a median over repeats after a warm-up call (which compiles). Times are wall clock: the host is
