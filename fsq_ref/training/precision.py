@@ -7,7 +7,7 @@ Every trainer takes `--dtype` (`LoopConfig.dtype`), the compute dtype of its tra
 - Inside the loss function the step casts the float32 parameters and the float inputs to the compute dtype (`cast`).
   The cast is part of the differentiated function, so the gradients come back to the parameters in float32.
 - What needs float32's resolution computes in it whatever it is given: the quantizers (bf16 cannot place 1000
-  codes apart, docs/paper-notes.md; `fsq.FSQ` and `vq.VQ` upcast), the normalisation statistics (equinox's LayerNorm
+  codes apart, docs/choices.md; `fsq.FSQ` and `vq.VQ` upcast), the normalisation statistics (equinox's LayerNorm
   and GroupNorm upcast), and the losses: the step casts outputs and logits to float32 before MSE, softmax or
   cross-entropy.
 
