@@ -51,12 +51,13 @@ def fd_terms(real: np.ndarray, fake: np.ndarray, bins: int, things: np.ndarray |
 
 
 def analyse(folder: str, bins: list[int], limit: int | None, seed: int, temperature: float) -> dict:
-    lm, oracle, qstate, task, header = runs.stage_two_models(folder, "colorization")
-    ds = runs.dense_data(header, None, None, "test", limit)
+    models = runs.stage_two_models(folder, "colorization")
+    ds = runs.dense_data(models.header, None, None, "test", limit)
     print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
     real = ds.images
+    oracle, qstate, task = models.oracle, models.qstate, models.task
     fakes = {"oracle": uvim_eval.predict(None, oracle, qstate, task, ds)[0]["image"],
-             "stage II": uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature,
+             "stage II": uvim_eval.predict(models.lm, oracle, qstate, task, ds, temperature=temperature,
                                            seed=seed)[0]["image"]}
     errors, things = {}, None
     if ds.semantic is not None:  # the error in stuff (ground, wall: their hue follows the material) and in things

@@ -22,18 +22,18 @@ from fsq_ref.evaluation import runs, uvim_eval
 
 def image_use(folder: str, limit: int | None) -> dict[str, float]:
     """{pairing: held-out loss} of the stage II in `folder` on its test split (the first `limit` examples)."""
-    lm, oracle, qstate, task, header = runs.stage_two_models(folder)
-    ds = runs.dense_data(header, None, None, "test", limit)
+    models = runs.stage_two_models(folder)
+    ds = runs.dense_data(models.header, None, None, "test", limit)
     if len(ds) < 2:
         raise InputError(f"{folder}: {len(ds)} test example; give --limit 2 or more, so that another image exists")
     print(f"{folder}: {len(ds)} test examples", file=sys.stderr, flush=True)
-    codes = uvim_eval.codes_of(oracle, qstate, task, ds)
+    codes = uvim_eval.codes_of(models.oracle, models.qstate, models.task, ds)
     mean_image = np.broadcast_to(ds.images.mean(axis=0, dtype=np.float64).round().astype(ds.images.dtype),
                                  ds.images.shape)
     pairings = {"own image": (ds, codes),
                 "another image": (ds, np.roll(codes, 1, axis=0)),  # image i with the code of image i - 1
                 "mean image": (dataclasses.replace(ds, images=np.ascontiguousarray(mean_image)), codes)}
-    return {name: uvim_eval.heldout_loss(lm, task, uvim_eval.CodedData(images, code))
+    return {name: uvim_eval.heldout_loss(models.lm, models.task, uvim_eval.CodedData(images, code))
             for name, (images, code) in pairings.items()}
 
 

@@ -40,11 +40,12 @@ def decoded_metric(oracle, qstate, task, ds, codes: np.ndarray) -> dict[str, flo
 
 def analyse(folder: str, limit: int | None, seed: int, temperature: float = 0.0,
             chance_share: float | None = None) -> dict:
-    lm, oracle, qstate, task, header = runs.stage_two_models(folder)
-    ds = runs.dense_data(header, None, None, "test", limit)
+    models = runs.stage_two_models(folder)
+    oracle, qstate, task = models.oracle, models.qstate, models.task
+    ds = runs.dense_data(models.header, None, None, "test", limit)
     print(f"{folder}: decoding {len(ds)} test examples with stage II and the oracle", file=sys.stderr, flush=True)
     oracle_preds, truth = uvim_eval.predict(None, oracle, qstate, task, ds)
-    stage2_preds, guess = uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
+    stage2_preds, guess = uvim_eval.predict(models.lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
     chance = np.random.default_rng(seed).permutation(truth.ravel()).reshape(truth.shape)
     wrong = guess != truth
     vectors = lambda idx: np.asarray(oracle.quantizer.indices_to_codes(jnp.asarray(idx), qstate))

@@ -48,7 +48,7 @@ class QuantizerConfig:
         return math.prod(self.levels) if self.kind == "fsq" else self.codebook_size
 
     def describe(self) -> str:
-        """One line for logs: 'fsq, levels [8, 6, 5] (240 codes)' or 'vq-split, 4096 codes'."""
+        """One line for logs: 'fsq, levels [8, 6, 5] (240 codes)' or 'vq-split, 4096 codes of 16 channels'."""
         if self.kind == "fsq":
             return f"fsq, levels {list(self.levels)} ({self.size} codes)"
         return f"{self.kind}, {self.size} codes of {self.vq_dim} channels"

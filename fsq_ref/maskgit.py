@@ -2,14 +2,14 @@
 iterative parallel decoding. The FSQ paper's headline experiment trains the same MaskGIT on FSQ and on VQ tokens.
 
 - Model: the class token is prepended to the S grid tokens; token plus learned position embeddings go through a
-  `nets.Transformer`; a linear head gives, at each grid position, logits over the K codes.
+  `transformer.Transformer`; a linear head gives, at each grid position, logits over the K codes.
 - Training: a random fraction (cosine schedule, at least 45%) of each sequence is replaced by MASK; cross-entropy on
   the masked positions only, label smoothing 0.1; 10% of labels are replaced by the unconditional class token, so one
   model also gives the unconditional logits that classifier-free guidance needs.
 - Decoding (`decode`): sample every masked token, keep the most confident, re-mask the rest; fewer each step.
 
 This module is the model, the masking schedule and decoding; the training (loss, step, evaluation, the task for the
-shared loop, loading a run) is in `maskgit_train`.
+shared loop, loading a run) is in `training.maskgit_train`.
 
 Vocabulary (defined in `MaskGITConfig` alone): codes 0..K-1, class tokens K..K+C-1, the unconditional class token K+C,
 MASK K+C+1. Functions take class *indices* in [0, C], C (`config.unconditional`) meaning "no class".

@@ -42,6 +42,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
+# Helpers that several test modules share (running `fsq` in-process, its one-line errors, the documentation's
+# snippets) are plain functions in helpers.py, imported as `from helpers import ...`: no test module imports another.
+
+
 @pytest.fixture
 def key():
     return jr.key(0)

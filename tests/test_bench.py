@@ -3,7 +3,7 @@ they take minutes)."""
 
 import jax
 import jax.numpy as jnp
-from test_cli import assert_bad_input, invoke
+from helpers import assert_bad_input, invoke
 
 from fsq_ref.experiments import bench
 

@@ -10,37 +10,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from click.testing import CliRunner
+from helpers import assert_bad_input, invoke
 from PIL import Image
 
 from fsq_ref import tokenizer
-from fsq_ref.cli.commands import main
 from fsq_ref.data import datasets
 from fsq_ref.evaluation import features
 from fsq_ref.training import maskgit_train, tokenizer_train
 
 TINY = ["--data", "procedural:64", "--preset", "tiny", "--batch-size", "16"]
-
-
-def invoke(*args):
-    return _runner().invoke(main, [str(a) for a in args])
-
-
-def _runner() -> CliRunner:
-    """A runner that keeps stderr apart (`result.stderr`): click 8.2+ always does and has no `mix_stderr`; click 8.1,
-    our floor, mixes it into the output unless told not to."""
-    try:
-        return CliRunner(mix_stderr=False)
-    except TypeError:
-        return CliRunner()
-
-
-def assert_bad_input(result, message):
-    """Exit status 2, one line naming the problem, no traceback."""
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and message in lines[0], result.stderr
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +74,8 @@ def test_eval_prints_and_writes_metrics(trained, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert {"l1", "mse", "psnr", "usage", "perplexity", "entropy_bits"} <= set(metrics)
-    assert f"psnr {metrics['psnr']:.4g}" in result.output
+    assert (metrics["data"], metrics["split"], metrics["examples"], metrics["step"]) == ("procedural:64", "test", 64, 8)
+    assert f"psnr {metrics['psnr']:.4g}" in result.output and f"wrote {tmp_path / 'e.json'}" in result.output
 
 
 def test_stored_images_of_another_shape_are_refused_and_folders_are_fitted(trained, tmp_path):
@@ -278,6 +257,14 @@ def test_generate_bad_input(trained, maskgit_run, tmp_path):
     assert_bad_input(invoke("generate", "--workdir", trained, "--autoencoder", trained, "--out", tmp_path / "x.npz"),
                      "not 'maskgit'")
     assert not (tmp_path / "s.npz").exists()
+
+
+def test_eval_of_a_maskgit_run_says_how_to_measure_one(maskgit_run):
+    result = invoke("eval", "--workdir", maskgit_run / "mg")
+    assert_bad_input(result, "is a MaskGIT run, which `fsq eval` does not measure")
+    assert "`fsq generate --workdir" in result.stderr
+    assert "then score the samples with `fsq eval-samples" in result.stderr
+    assert not list((maskgit_run / "mg").glob("eval-*.json"))
 
 
 def test_maskgit_refuses_mismatched_eval_tokens(maskgit_run, tmp_path):

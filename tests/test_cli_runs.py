@@ -16,8 +16,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import assert_bad_input, invoke
-from test_snippets import python_blocks
+from helpers import assert_bad_input, invoke, python_blocks
 
 import fsq_ref
 from fsq_ref import bottleneck, fsq, tokenizer
@@ -145,8 +144,16 @@ def test_each_command_is_one_library_call_from_python(trained, photos, tmp_path)
     np.testing.assert_array_equal(made.indices, tokens.load(tmp_path / "t.npz").indices)
     images = tokenizer_train.decode_all(model, qstate, made.indices, batch_size=16)
     assert images.shape == (FOLDER_IMAGES, 28, 28, 1) and images.dtype == np.uint8
-    result, spec, count = runs.evaluate(trained)
-    assert spec == str(photos) and count == FOLDER_IMAGES // 10 and 0 < result["usage"] <= 1
+    evaluation = runs.evaluate(trained)
+    assert evaluation.data == str(photos) and evaluation.examples == FOLDER_IMAGES // 10
+    assert 0 < evaluation.results["usage"] <= 1
+    # `fsq eval`'s file too: written by the library, beside the run unless told otherwise.
+    again, path = runs.evaluate_to_file(trained, tmp_path / "e.json")
+    assert path == tmp_path / "e.json" and again.results == pytest.approx(evaluation.results)
+    assert json.loads(path.read_text()) == pytest.approx({"data": str(photos), "split": "test",
+                                                          "examples": FOLDER_IMAGES // 10, "step": 4,
+                                                          **evaluation.results})
+    assert runs.evaluation_file(trained) == trained / "eval-test.json"
 
 
 def _tensorboard_tags(folder) -> set[str]:

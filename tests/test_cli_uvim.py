@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import assert_bad_input, invoke
+from helpers import assert_bad_input, invoke
 
 from fsq_ref import uvim
 from fsq_ref.common.errors import InputError
@@ -84,7 +84,7 @@ def test_eval_samples_stage_two_at_a_temperature_and_leaves_the_greedy_evaluatio
         assert (record["temperature"], record["seed"]) == (temperature, seed)
         return record
 
-    greedy = runs.evaluate(lm, limit=40)[0]
+    greedy = runs.evaluate(lm, limit=40).results
     near_zero, hot, other_seed = sampled(1e-6, 0), sampled(1.0, 0), sampled(1.0, 1)
     assert not (lm / "eval-test.json").exists()  # where a greedy `fsq eval` would write
     assert near_zero["stage II"] == pytest.approx(greedy["stage II"])  # a vanishing temperature is greedy
@@ -101,20 +101,20 @@ def test_the_token_analysis_decodes_as_eval_does_and_measures_wrong_tokens_again
         with pytest.raises(InputError, match=message):
             uvim_tokens.analyse(str(folder), limit=16, seed=0)
     row = uvim_tokens.analyse(str(lm), limit=16, seed=0)
-    rows = runs.evaluate(lm, limit=16)[0]  # `fsq eval`'s rows for the same examples
+    rows = runs.evaluate(lm, limit=16).results  # `fsq eval`'s rows for the same examples
     assert row["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
     for name, eval_row in (("oracle", "oracle (stage I)"), ("stage II", "stage II")):
         assert row["metrics"][name]["pq"] == pytest.approx(rows[eval_row]["pq"])
     # Its decoding of given codes (used for the chance-corrupted ones) gives eval's metric on the oracle's codes.
-    _, oracle, qstate, task, header = runs.uvim_models(lm)
-    ds = runs.dense_data(header, None, None, "test", 16)
-    truth = uvim_eval.predict(None, oracle, qstate, task, ds)[1]
-    decoded = uvim_tokens.decoded_metric(oracle, qstate, task, ds, truth)
+    models = runs.uvim_models(lm)
+    ds = runs.dense_data(models.header, None, None, "test", 16)
+    truth = uvim_eval.predict(None, models.oracle, models.qstate, models.task, ds)[1]
+    decoded = uvim_tokens.decoded_metric(models.oracle, models.qstate, models.task, ds, truth)
     assert decoded["pq"] == pytest.approx(rows["oracle (stage I)"]["pq"])
     assert row["distance ratio"] > 0 and 0 <= row["one step (chance)"] <= 1 and 0 <= row["one step"] <= 1
     # Sampled, it draws stage II's codes as `fsq eval --temperature --seed` does.
     hot = uvim_tokens.analyse(str(lm), limit=16, seed=3, temperature=1.0)
-    rows = runs.evaluate(lm, limit=16, temperature=1.0, seed=3)[0]
+    rows = runs.evaluate(lm, limit=16, temperature=1.0, seed=3).results
     assert hot["token accuracy"] == pytest.approx(rows["stage II"]["token_accuracy"])
     assert hot["metrics"]["stage II"]["pq"] == pytest.approx(rows["stage II"]["pq"])
     assert hot["metrics"]["stage II"] != row["metrics"]["stage II"]
@@ -144,13 +144,13 @@ def test_the_image_use_probe_pairs_each_code_with_its_own_another_and_the_mean_i
     import uvim_image_use
 
     row = uvim_image_use.image_use(str(lm), limit=16)
-    assert row["own image"] == pytest.approx(runs.evaluate(lm, limit=16)[0]["stage II"]["heldout_loss"])
+    assert row["own image"] == pytest.approx(runs.evaluate(lm, limit=16).results["stage II"]["heldout_loss"])
     # The same pairs the other way round: the images shifted against fixed codes.
-    stage2, oracle, qstate, task, header = runs.uvim_models(lm)
-    ds = runs.dense_data(header, None, None, "test", 16)
-    codes = uvim_eval.predict(None, oracle, qstate, task, ds)[1]
+    models = runs.uvim_models(lm)
+    ds = runs.dense_data(models.header, None, None, "test", 16)
+    codes = uvim_eval.predict(None, models.oracle, models.qstate, models.task, ds)[1]
     shifted = dataclasses.replace(ds, images=np.roll(ds.images, -1, axis=0))
-    shifted_loss = uvim_eval.heldout_loss(stage2, task, uvim_eval.CodedData(shifted, codes))
+    shifted_loss = uvim_eval.heldout_loss(models.lm, models.task, uvim_eval.CodedData(shifted, codes))
     assert row["another image"] == pytest.approx(shifted_loss)
     assert len({row["own image"], row["another image"], row["mean image"]}) == 3
     monkeypatch.setattr(sys, "argv", ["uvim_image_use.py", str(lm), "--limit", "8"])
@@ -175,7 +175,7 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
     assert invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps", 3,
                   "--workdir", stage2).exit_code == 0
     row = colour_fd.analyse(str(stage2), [8, 16], limit=16, seed=0, temperature=0.0)
-    rows = runs.evaluate(stage2, limit=16)[0]  # `fsq eval`'s rows: its colour FD has 8 bins per axis
+    rows = runs.evaluate(stage2, limit=16).results  # `fsq eval`'s rows: its colour FD has 8 bins per axis
     for name, eval_row in (("oracle", "oracle (stage I)"), ("stage II", "stage II")):
         assert row["bins"][8][name]["fd"] == pytest.approx(rows[eval_row]["colour_fd"])
     for terms in row["bins"].values():
@@ -228,27 +228,27 @@ def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
 
 def test_stage_two_reads_its_oracles_codes_from_the_cache(oracle, lm, monkeypatch):
     # The `lm` fixture's training cached the oracle's codes of both splits; a second stage II reuses them.
-    _, oracle_model, qstate, task, header = runs.uvim_models(lm)
-    train_ds, test_ds = (runs.dense_data(header, None, None, split) for split in ("train", "test"))
+    models = runs.uvim_models(lm)
+    train_ds, test_ds = (runs.dense_data(models.header, None, None, split) for split in ("train", "test"))
     monkeypatch.setattr(uvim_train, "run_over", lambda *a: pytest.fail("the oracle's codes were computed again"))
-    again = uvim_train.LMTask(uvim.LMConfig(**header["task"]["lm"]), oracle, train_ds, test_ds, batch_size=8,
+    again = uvim_train.LMTask(uvim.LMConfig(**models.header["task"]["lm"]), oracle, train_ds, test_ds, batch_size=8,
                               seed=1, weight_decay=0.0, data_header={})
     monkeypatch.undo()
     np.testing.assert_array_equal(again.test_coded.codes,
-                                  uvim_eval.predict(None, oracle_model, qstate, task, test_ds)[1])
+                                  uvim_eval.predict(None, models.oracle, models.qstate, models.task, test_ds)[1])
 
 
 def test_sampling_draws_anew_in_every_batch(lm):
     # Two evaluation batches of the same examples: sampled, they must not repeat each other's codes.
-    lm_model, oracle, qstate, task, header = runs.uvim_models(lm)
-    ds = runs.dense_data(header, None, None, "test", None)
+    models = runs.uvim_models(lm)
+    ds = runs.dense_data(models.header, None, None, "test", None)
     reps = 2 * uvim_eval.EVAL_BATCH // len(ds)
     assert reps * len(ds) == 2 * uvim_eval.EVAL_BATCH
     twice = dataclasses.replace(ds, **{k: np.concatenate([getattr(ds, k)] * reps)
                                       for k in ("images", "depth", "semantic", "instance")})
     half = uvim_eval.EVAL_BATCH
-    greedy = uvim_eval.predict(lm_model, oracle, qstate, task, twice)[1]
-    sampled = uvim_eval.predict(lm_model, oracle, qstate, task, twice, temperature=1.0)[1]
+    greedy = uvim_eval.predict(models.lm, models.oracle, models.qstate, models.task, twice)[1]
+    sampled = uvim_eval.predict(models.lm, models.oracle, models.qstate, models.task, twice, temperature=1.0)[1]
     np.testing.assert_array_equal(greedy[:half], greedy[half:])
     assert np.mean(sampled[:half] != sampled[half:]) > 0.5
 
@@ -288,7 +288,7 @@ def test_both_stages_train_in_bfloat16_and_resume_only_in_it(oracle, tmp_path):
                     "--dtype", "bfloat16", "--workdir", tmp_path / "lm")
     assert result.exit_code == 0, result.output
     # Loading checks every leaf against the float32 structure the config describes.
-    lm, _, _, _, header = uvim_train.load_lm(tmp_path / "lm")
-    oracle_header = uvim_train.load_oracle(tmp_path / "oracle")[3]
-    assert header["loop"]["dtype"] == oracle_header["loop"]["dtype"] == "bfloat16"
-    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(lm, eqx.is_inexact_array)))
+    stage2 = runs.uvim_models(tmp_path / "lm")
+    oracle_header = runs.uvim_models(tmp_path / "oracle").header
+    assert stage2.header["loop"]["dtype"] == oracle_header["loop"]["dtype"] == "bfloat16"
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(stage2.lm, eqx.is_inexact_array)))

@@ -14,7 +14,7 @@ from fsq_ref import tokenizer
 from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.data import datasets
 from fsq_ref.data.images import to_unit
-from fsq_ref.training import checkpoint, presets, tokenizer_train, train
+from fsq_ref.training import checkpoint, distributed, presets, stopping, tokenizer_train, train
 
 
 class ToyTask:
@@ -202,3 +202,22 @@ def test_sharded_gradient_matches_one_device(key):
     sharded = grad(jax.device_put(model, NamedSharding(mesh, P())), jax.device_put(images, NamedSharding(mesh, P("data"))))
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sharded)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_processes_stop_together_at_a_logging_interval(monkeypatch):
+    # Two processes, seen from one: each asks at logging intervals only and follows process 0's answer (`agree`).
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    process_zero = []  # what process 0 answers, in order; empty: this process is process 0
+    monkeypatch.setattr(distributed, "agree", lambda value: process_zero.pop(0) if process_zero else value)
+    index = {None: 0, stopping.TIME: 1, stopping.INTERRUPT: 2}
+    interrupt = stopping.StopOnInterrupt()  # not entered: no handler, the request is set by hand
+    interrupt.requested = True
+    assert stopping.reason(3, 0.0, None, 10, interrupt) is None  # between intervals: go on, keeping the request
+    assert stopping.reason(10, 0.0, None, 10, interrupt) == stopping.INTERRUPT
+    # Process 0 ran out of time before this process's clock did, or was not interrupted: this one follows it.
+    process_zero += [index[stopping.TIME], index[None]]
+    assert stopping.reason(20, 1.0, 5.0, 10, stopping.StopOnInterrupt()) == stopping.TIME
+    assert stopping.reason(30, 1.0, 5.0, 10, interrupt) is None and not process_zero
+    monkeypatch.setattr(jax, "process_count", lambda: 1)
+    assert stopping.reason(3, 5.0, 5.0, 10, interrupt) == stopping.TIME  # one process: after any step
+    assert stopping.reason(3, 1.0, None, 10, interrupt) == stopping.INTERRUPT

@@ -1,5 +1,5 @@
-"""The MaskGIT commands of `fsq`: `train maskgit`, `generate` and `eval-samples`. Thin, like `cli`: options in, one
-library call, files and lines of text out."""
+"""The MaskGIT commands of `fsq`: `train maskgit`, `generate` and `eval-samples`. Thin, like `cli.commands`: options
+in, one library call, files and lines of text out."""
 
 import json
 from pathlib import Path

@@ -1,5 +1,5 @@
-"""Options and helpers shared by the `fsq` commands (`cli`, `cli_uvim`): option groups, list parsing, atomic .npz
-output, running a trainer and printing its metrics."""
+"""Options and helpers shared by the `fsq` commands (`cli.commands`, `cli.folder_commands`, `cli.maskgit_commands`,
+`cli.uvim_commands`): option groups, list parsing, atomic .npz output, running a trainer and printing its metrics."""
 
 import io
 from pathlib import Path

@@ -1,5 +1,5 @@
 """The UViM commands of `fsq`: `train uvim-oracle`, `train uvim-lm` and `predict` (`fsq eval` of a UViM folder is in
-`cli`). Thin, like `cli`: options in, one library call, files and lines of text out."""
+`cli.folder_commands`). Thin, like `cli.commands`: options in, one library call, files and lines of text out."""
 
 import dataclasses
 from pathlib import Path
@@ -20,7 +20,7 @@ DEFAULT_VQ_SIZE = 4096  # UViM's dictionary
 with_dense_data_options = with_options([
     click.option("--data", "data_spec", default=None,
                  help="scenes[:N[:M]] (procedural, built in; N train, M test examples), "
-                      "fashion-mnist-panoptic[:N[:M]], or a folder of pairs (see `fsq_ref/dense.py`); default for "
+                      "fashion-mnist-panoptic[:N[:M]], or a folder of pairs (see `fsq_ref/data/dense.py`); default for "
                       "training: scenes; else the data the model was trained on"),
     click.option("--data-dir", default=None,
                  help="folder with the Fashion-MNIST IDX files"),
@@ -132,10 +132,12 @@ def predict(workdir, oracle_dir, data_spec, data_dir, split, limit, temperature,
     """
     if temperature < 0:
         raise InputError(f"--temperature must be >= 0 (0 is greedy); got {temperature}")
-    lm, oracle, qstate, task, header = runs.uvim_models(workdir, oracle_dir)
-    ds = runs.dense_data(header, data_spec, data_dir, split, limit)
-    predictions, codes = uvim_eval.predict(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed)
+    models = runs.uvim_models(workdir, oracle_dir)
+    ds = runs.dense_data(models.header, data_spec, data_dir, split, limit)
+    predictions, codes = uvim_eval.predict(models.lm, models.oracle, models.qstate, models.task, ds,
+                                           temperature=temperature, seed=seed)
     save_npz(out, code=codes, **predictions)
-    png = uvim_eval.picture(Path(out).with_suffix(".png"), task, ds, predictions)
-    click.echo(f"wrote {out}: {task.name} predictions for {len(ds)} examples ({split} split of "
-               f"{runs.data_for(header, data_spec, data_dir)[0]})\npicture: {png} (inputs, predictions, targets)")
+    png = uvim_eval.picture(Path(out).with_suffix(".png"), models.task, ds, predictions)
+    click.echo(f"wrote {out}: {models.task.name} predictions for {len(ds)} examples ({split} split of "
+               f"{runs.data_for(models.header, data_spec, data_dir)[0]})\npicture: {png} (inputs, predictions, "
+               "targets)")

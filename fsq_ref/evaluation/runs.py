@@ -8,9 +8,11 @@ shape is refused rather than silently resized.
 import dataclasses
 import json
 from pathlib import Path
+from typing import NamedTuple
 
-from fsq_ref import tokenizer
+from fsq_ref import dense_tasks, tokenizer, uvim
 from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.common import files
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import datasets, dense
 from fsq_ref.evaluation import uvim_eval
@@ -64,56 +66,84 @@ def dense_data(header: dict, data_spec: str | None, data_dir: str | None, split:
                                       for k in ("images", "depth", "semantic", "instance")})
 
 
-def uvim_models(workdir, oracle_dir=None):
-    """(stage II or None, oracle, quantizer state, task, header of `workdir`) of a stage-I or stage-II folder."""
+class UvimModels(NamedTuple):
+    """The models of a UViM stage-I or stage-II folder, and what they need to run."""
+
+    lm: uvim.GuidingCodeLM | None  # stage II; None for a stage-I folder
+    oracle: uvim.Oracle  # stage I: the folder's, or the one its stage II learned from
+    qstate: object  # the oracle's quantizer state
+    task: dense_tasks.DenseTask
+    header: dict  # the checkpoint header of the folder itself
+
+
+def uvim_models(workdir, oracle_dir=None) -> UvimModels:
+    """The models of a stage-I or stage-II folder; a stage II's oracle from `oracle_dir` (default: the folder it was
+    trained with)."""
     if checkpoint.read_run(workdir).get("kind") == "uvim-lm":
-        return uvim_train.load_lm(workdir, oracle_dir)
+        return UvimModels(*uvim_train.load_lm(workdir, oracle_dir))
     oracle, qstate, task, header = uvim_train.load_oracle(workdir)
-    return None, oracle, qstate, task, header
+    return UvimModels(None, oracle, qstate, task, header)
 
 
-def stage_two_models(workdir, task_name: str | None = None):
+def stage_two_models(workdir, task_name: str | None = None) -> UvimModels:
     """`uvim_models` of a stage-II folder (of task `task_name` when given), else an `InputError` that says what
     `workdir` holds instead: no run, a stage I, or another task's stage II."""
     wanted = f"{task_name} stage-II folders" if task_name else "stage-II folders"
     if not (Path(workdir) / checkpoint.CHECKPOINT).exists():
         raise InputError(f"no run at {workdir}: give {wanted} (`fsq train uvim-lm --workdir FOLDER`)")
     models = uvim_models(workdir)
-    lm, task = models[0], models[3]
-    if lm is None:
+    if models.lm is None:
         raise InputError(f"{workdir} is a stage-I folder: give {wanted} (`fsq train uvim-lm --oracle {workdir}`)")
-    if task_name is not None and task.name != task_name:
-        raise InputError(f"{workdir} is a {task.name} stage II, not a {task_name} stage II: give {wanted}")
+    if task_name is not None and models.task.name != task_name:
+        raise InputError(f"{workdir} is a {models.task.name} stage II, not a {task_name} stage II: give {wanted}")
     return models
+
+
+class Evaluation(NamedTuple):
+    """What `evaluate` measured, and on what."""
+
+    results: dict  # {metric: value}, or for UViM {row: {metric: value}}
+    data: str  # the data spec measured on
+    examples: int  # how many examples of it
 
 
 def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = None, split: str = "test",
              task_name: str | None = None, limit: int | None = None, temperature: float = 0.0,
-             seed: int = 0) -> tuple[dict, str, int]:
+             seed: int = 0) -> Evaluation:
     """Measure the model in `workdir` on `split` of `data_spec` (default: its training data).
 
     A tokenizer: reconstruction L1, MSE, PSNR and codebook usage ({metric: value}). A UViM folder: the task metric
     and codebook usage of stage II (decoded greedily, or sampled at `temperature` > 0 from `seed`), its oracle and the
     trivial baseline ({row: {metric: value}}; `uvim_eval`).
-    Returns (results, the data spec used, the number of examples read).
+    A MaskGIT folder is refused: its samples are measured by `features.evaluate_samples` (`fsq eval-samples`).
     """
     header = checkpoint.read_run(workdir)
+    kind = header.get("kind")
+    if kind == "maskgit":
+        raise InputError(f"{workdir} is a MaskGIT run, which `fsq eval` does not measure: sample it with `fsq generate "
+                         f"--workdir {workdir} --autoencoder TOKENIZER_DIR --out samples.npz`, then score the samples "
+                         "with `fsq eval-samples --samples samples.npz`")
+    if kind not in ("autoencoder", "uvim-oracle", "uvim-lm"):
+        raise InputError(f"{workdir} holds a run of kind '{kind}', which `fsq eval` does not measure: give a "
+                         "tokenizer folder, or a UViM stage-I or stage-II folder")
     spec = data_for(header, data_spec, data_dir)[0]
-    if header.get("kind", "").startswith("uvim"):
-        lm, oracle, qstate, task, header = uvim_models(workdir)
-        if task_name is not None and task_name != task.name:
-            raise InputError(f"{workdir} was trained for {task.name}, not {task_name}: drop --task or fix it")
-        if lm is None and temperature:
+    if kind.startswith("uvim"):
+        models = uvim_models(workdir)
+        if task_name is not None and task_name != models.task.name:
+            raise InputError(f"{workdir} was trained for {models.task.name}, not {task_name}: drop --task or fix it")
+        if models.lm is None and temperature:
             raise InputError(f"{workdir} is a stage I, which samples nothing: give --temperature a stage-II folder")
-        ds = dense_data(header, data_spec, data_dir, split, limit)
-        return uvim_eval.evaluate(lm, oracle, qstate, task, ds, temperature=temperature, seed=seed), spec, len(ds)
+        ds = dense_data(models.header, data_spec, data_dir, split, limit)
+        results = uvim_eval.evaluate(models.lm, models.oracle, models.qstate, models.task, ds,
+                                     temperature=temperature, seed=seed)
+        return Evaluation(results, spec, len(ds))
     if task_name is not None:
         raise InputError("--task is for UViM folders; a tokenizer has no task")
     if temperature:
         raise InputError("--temperature is for UViM stage II, which samples its code; a tokenizer samples nothing")
     model, qstate, header = tokenizer_train.load(workdir)
     ds = image_data(header, data_spec, data_dir, split)
-    return tokenizer_train.evaluate(model, qstate, ds), spec, len(ds)
+    return Evaluation(tokenizer_train.evaluate(model, qstate, ds), spec, len(ds))
 
 
 def evaluation_file(workdir, split: str = "test", temperature: float = 0.0, seed: int = 0) -> Path:
@@ -121,6 +151,22 @@ def evaluation_file(workdir, split: str = "test", temperature: float = 0.0, seed
     WORKDIR/eval-SPLIT-temperatureT-seedS.json (beside the greedy one, not over it)."""
     sampled = f"-temperature{temperature:g}-seed{seed}" if temperature else ""
     return Path(workdir) / f"eval-{split}{sampled}.json"
+
+
+def evaluate_to_file(workdir, out=None, *, data_spec: str | None = None, data_dir: str | None = None,
+                     split: str = "test", task_name: str | None = None, limit: int | None = None,
+                     temperature: float = 0.0, seed: int = 0) -> tuple[Evaluation, Path]:
+    """`evaluate` the model in `workdir` and write the result as JSON to `out` (default: `evaluation_file`), whole or
+    not at all: {"data", "split", "examples", "step" (of the checkpoint), "temperature" and "seed" (when sampled),
+    then the results}. Returns (the evaluation, the file written)."""
+    evaluation = evaluate(workdir, data_spec=data_spec, data_dir=data_dir, split=split, task_name=task_name,
+                          limit=limit, temperature=temperature, seed=seed)
+    path = Path(out) if out else evaluation_file(workdir, split, temperature, seed)
+    decoding = {"temperature": temperature, "seed": seed} if temperature else {}
+    record = {"data": evaluation.data, "split": split, "examples": evaluation.examples,
+              "step": checkpoint.read_run(workdir)["step"], **decoding, **evaluation.results}
+    files.write_atomic(path, json.dumps(record, indent=2).encode())
+    return evaluation, path
 
 
 def last_evaluation(workdir) -> dict | None:

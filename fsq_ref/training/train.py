@@ -15,8 +15,8 @@ and its evaluation; this loop adds what every run needs:
 - fine-tuning: `init_from` starts a new run from another run's model, with a fresh optimiser and schedule
   (`finetune`); `tensorboard` also writes the logs for TensorBoard (`tensorboard`);
 - two budgets: `steps`, and `time_limit` seconds of wall-clock training. With a time limit and no step count, the
-  schedule is sized to end when the time runs out, from the speed of the first `CALIBRATION_STEPS` steps and again
-  a fifth of the budget later (`_TimeBudget`); that length is recorded in the checkpoint;
+  schedule is sized to end when the time runs out, from the speed of the first `stopping.CALIBRATION_STEPS` steps and
+  again a fifth of the budget later (`stopping.TimeBudget`); that length is recorded in the checkpoint;
 - Ctrl-C stops at the next step boundary and saves; a second Ctrl-C aborts at once. A NaN or infinite loss stops
   the run without saving, so the last good checkpoint stays on disk.
 
@@ -28,7 +28,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Protocol
@@ -44,10 +43,7 @@ from jax.sharding import Mesh
 from fsq_ref.common import progress
 from fsq_ref.common.errors import InputError
 from fsq_ref.evaluation import metrics
-from fsq_ref.training import checkpoint, distributed, finetune, precision, runlock
-from fsq_ref.training import tensorboard as board_logs
-
-CALIBRATION_STEPS = 30  # timed to size a time-limited schedule; the warm-up always covers them
+from fsq_ref.training import checkpoint, distributed, finetune, outputs, precision, runlock, stopping
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,25 +138,6 @@ def data_mesh(devices=None) -> Mesh:
 _RESUME_MUST_MATCH = ("batch_size", "seed", "learning_rate", "warmup_steps", "weight_decay", "dtype")
 
 
-class _StopOnInterrupt:
-    """Turns the first Ctrl-C into a request to stop at the next step boundary; a second one interrupts at once."""
-
-    def __init__(self):
-        self.requested = False
-
-    def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
-
-
 def _finite(stats: dict) -> bool:
     return all(math.isfinite(v) for v in stats.values())
 
@@ -173,44 +150,6 @@ def _shown(stats: dict, usage: float) -> dict[str, float]:
     if "accuracy" in stats:
         shown["accuracy"] = stats["accuracy"]
     return {**shown, "usage": usage}
-
-
-class _TimeBudget:
-    """Sizes the schedule of a run that has only a time limit, from the speed of its own steps.
-
-    First from steps 10..CALIBRATION_STEPS (compilation excluded), to have a length before the warm-up ends; then once
-    more, when about a fifth of the budget has passed, from the steps since: the first hundred or so steps run slower
-    than later ones (memory is still being mapped in, caches warm up), and a schedule sized from steps 10..30 alone
-    ended MaskGIT's 300 s run in the main job after 233 s (re-sized after a tenth of the budget, 490 s of 540).
-    Either estimate keeps a reserve of RESERVE of the time left for logging and noise; the time of periodic
-    evaluations is not budgeted for (the main job evaluates only at the end). The second sizing is skipped if a
-    checkpoint may already hold the first length (the run would no longer resume to the same result), and the clock
-    still stops a run that turns out slower.
-    """
-
-    RESERVE = 0.03
-
-    def __init__(self, time_limit: float, checkpoint_every: int):
-        self.time_limit, self.checkpoint_every, self.marks, self.resize_at = time_limit, checkpoint_every, {}, None
-
-    def times(self, step: int) -> bool:
-        """Whether `size` wants the clock after this step."""
-        return step in (10, CALIBRATION_STEPS, self.resize_at)
-
-    def size(self, step: int, elapsed: float) -> int | None:
-        """The schedule's length as measured at `step` (`elapsed` seconds in), or None to keep the current one."""
-        self.marks[step] = elapsed
-        if step == 10:
-            return None
-        since = 10 if step == CALIBRATION_STEPS else CALIBRATION_STEPS
-        per_step = (elapsed - self.marks[since]) / (step - since)
-        total = step + max(0, int((1 - self.RESERVE) * (self.time_limit - elapsed) / per_step))
-        if step == CALIBRATION_STEPS:  # measure again a fifth of the budget later, if the schedule lasts that long
-            later = step + max(CALIBRATION_STEPS, int(0.2 * self.time_limit / per_step))
-            self.resize_at = distributed.agree(later if later < total else -1)
-        elif self.checkpoint_every and step >= self.checkpoint_every:  # a checkpoint holds the first length
-            return None
-        return distributed.agree(total)  # every process follows process 0's steps and schedule
 
 
 def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = False, init_from: str | Path | None = None,
@@ -228,13 +167,42 @@ def run(task: Task, workdir: str | Path, loop: LoopConfig, *, resume: bool = Fal
 
 def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, tensorboard: bool, devices,
          echo) -> tuple[object, dict | None]:
-    path = workdir / checkpoint.CHECKPOINT
     mesh = data_mesh(devices)
     if loop.batch_size % mesh.size:
         raise InputError(f"--batch-size {loop.batch_size} must be a multiple of the {mesh.size} devices JAX sees")
-    key = jr.key(loop.seed)
-    init = lambda: task.init_state(jr.fold_in(key, 0))
-    start, total, origin = 0, loop.steps, None
+    start = _start(task, workdir / checkpoint.CHECKPOINT, loop, resume, init_from, echo)
+    out = outputs.RunOutputs(task, workdir, dataclasses.asdict(loop), start.origin, tensorboard)
+    state, step, total, stopped = _train(task, distributed.replicate(start.state, mesh), start, mesh, loop, out)
+    if stopped == stopping.TIME:
+        echo(f"time limit of {loop.time_limit:g} s reached at step {step}")
+    elif stopped == stopping.INTERRUPT:
+        echo(f"interrupted at step {step}: saving")
+    out.save(state, step, total)
+    evaluation = None
+    if stopped != stopping.INTERRUPT:
+        evaluation = out.evaluate(state)
+        out.log({"step": step, "split": "eval", **evaluation})
+    out.close()
+    if evaluation is None:
+        echo(f"saved {out.path} at step {step}: continue with --resume")
+    return state, evaluation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Start:
+    """Where a run begins: its state (on the host), step, schedule length (None: to be sized from the time limit)
+    and the record of the run it was fine-tuned from (None: none)."""
+
+    state: object
+    step: int
+    total: int | None
+    origin: dict | None
+
+
+def _start(task: Task, path: Path, loop: LoopConfig, resume: bool, init_from, echo) -> _Start:
+    """A fresh state; or with `resume`, the checkpoint at `path` (trained with the same settings); or the model of
+    the run folder `init_from` with a fresh optimiser and schedule. A checkpoint is never started over."""
+    init = lambda: task.init_state(jr.fold_in(jr.key(loop.seed), 0))
     if resume:
         header, state = checkpoint.load(path, init())
         # Checkpoints written before `dtype` existed were trained in float32.
@@ -244,43 +212,30 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
             raise InputError(f"{path} was trained with other settings; resume with the same options, or use a new "
                              "--workdir")
         finetune.check_resume(header, init_from)
-        start, total, origin = header["step"], header["total_steps"], header.get("init_from")
-    elif path.exists():
-        raise InputError(f"{workdir} already holds a checkpoint: pass --resume to continue it, or choose a new --workdir")
-    elif init_from is not None:
+        return _Start(state, header["step"], header["total_steps"], header.get("init_from"))
+    if path.exists():
+        raise InputError(f"{path.parent} already holds a checkpoint: pass --resume to continue it, or choose a new "
+                         "--workdir")
+    if init_from is not None:
         state, origin = finetune.start_from(task, init_from, init)
         echo(f"starting from the model of {init_from} (step {origin['step']}), with a fresh optimiser and schedule")
-    else:
-        state = init()
-    main = distributed.is_main()  # only process 0 writes files
-    board = board_logs.Writer(workdir, task.pictures) if tensorboard and main else None
-    workdir.mkdir(parents=True, exist_ok=True)
-    state = distributed.replicate(state, mesh)
+        return _Start(state, 0, loop.steps, origin)
+    return _Start(init(), 0, loop.steps, None)
 
-    def save(state, step):
-        if main:
-            checkpoint.save(path, {"kind": task.kind, "task": task.header, "step": step, "total_steps": total,
-                                   "loop": dataclasses.asdict(loop), **({"init_from": origin} if origin else {})},
-                            distributed.local(state))
 
-    def log(record):
-        if main:
-            with open(workdir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-        if board:
-            board.log(record)
-
-    def evaluate(state):
-        return task.evaluate(distributed.on_host(state), workdir) if main else {}
-
-    warmup = max(loop.warmup_steps, CALIBRATION_STEPS)
+def _train(task: Task, state, start: _Start, mesh: Mesh, loop: LoopConfig,
+           out: outputs.RunOutputs) -> tuple[object, int, int | None, str | None]:
+    """The step loop, from `start.step` until the schedule ends or `stopping.reason` stops it, with the logs,
+    checkpoints and evaluations due on the way. Returns (state, step, schedule length, None or why it stopped
+    early: `stopping.TIME` or `stopping.INTERRUPT`). Raises `TrainingDiverged` when the loss is not finite."""
+    key, warmup = jr.key(loop.seed), max(loop.warmup_steps, stopping.CALIBRATION_STEPS)
     started = time.perf_counter()
     hist = jnp.zeros((task.codebook_size,), jnp.int32)
-    step = start
-    sizing = _TimeBudget(loop.time_limit, loop.checkpoint_every) if total is None else None
-    bar = progress.Progress(f"training {task.kind}", total, start=start)
-    with _StopOnInterrupt() as interrupt:
-        batches = task.batches(start)
+    step, total, stopped = start.step, start.total, None
+    sizing = stopping.TimeBudget(loop.time_limit, loop.checkpoint_every) if total is None else None
+    bar = progress.Progress(f"training {task.kind}", total, start=step)
+    with stopping.StopOnInterrupt() as interrupt:
+        batches = task.batches(step)
         while total is None or step < total:
             batch = distributed.global_batch(next(batches), mesh)
             lr = learning_rate(step, total or 10**9, loop.learning_rate, warmup)
@@ -294,42 +249,29 @@ def _run(task: Task, workdir: Path, loop: LoopConfig, resume: bool, init_from, t
                 if sized is not None:
                     total = bar.total = sized
             if step % loop.log_every == 0 or step == total:
-                stats = {k: float(v) for k, v in distributed.local(stats).items()}
-                if not _finite(stats):
-                    bar.close()
-                    raise TrainingDiverged(
-                        f"the loss became {stats['loss']} by step {step}; the last good checkpoint (if any) is kept "
-                        f"at {path}: lower --learning-rate and train again")
-                usage = metrics.codebook_stats(distributed.local(hist))["usage"]
+                _log_train(out, bar, step, stats, hist, lr, elapsed)
                 hist = jnp.zeros_like(hist)
-                log({"step": step, "split": "train", **stats, "usage": usage, "lr": lr,
-                     "seconds": round(elapsed, 2)})
-                if main:
-                    bar.report(step, _shown(stats, usage))
-            out_of_time = loop.time_limit is not None and elapsed >= loop.time_limit
-            if jax.process_count() > 1:  # stop together: on process 0's word, checked at logging intervals
-                stopping = step % loop.log_every == 0 and distributed.agree(out_of_time or interrupt.requested)
-                out_of_time, interrupt.requested = stopping and out_of_time, stopping and not out_of_time
-            if out_of_time:
-                bar.close()
-                echo(f"time limit of {loop.time_limit:g} s reached at step {step}")
-                break
-            if interrupt.requested:
-                bar.close()
-                echo(f"interrupted at step {step}: saving")
+            stopped = stopping.reason(step, elapsed, loop.time_limit, loop.log_every, interrupt)
+            if stopped is not None:
                 break
             if loop.checkpoint_every and step % loop.checkpoint_every == 0:
-                save(state, step)
+                out.save(state, step, total)
             if loop.eval_every and step % loop.eval_every == 0 and step != total:
-                log({"step": step, "split": "eval", **evaluate(state)})
+                out.log({"step": step, "split": "eval", **out.evaluate(state)})
     bar.close()
-    save(state, step)
-    if not interrupt.requested:
-        evaluation = evaluate(state)
-        log({"step": step, "split": "eval", **evaluation})
-    if board:
-        board.close()
-    if interrupt.requested:
-        echo(f"saved {path} at step {step}: continue with --resume")
-        return state, None
-    return state, evaluation
+    return state, step, total, stopped
+
+
+def _log_train(out: outputs.RunOutputs, bar: progress.Progress, step: int, stats: dict, hist, lr: float,
+               elapsed: float) -> None:
+    """Log the training figures of `step` (`stats`, and the codebook usage of the codes counted in `hist` since the
+    last logging interval) and show them; the host waits for the device here."""
+    stats = {k: float(v) for k, v in distributed.local(stats).items()}
+    if not _finite(stats):
+        bar.close()
+        raise TrainingDiverged(f"the loss became {stats['loss']} by step {step}; the last good checkpoint (if any) is "
+                               f"kept at {out.path}: lower --learning-rate and train again")
+    usage = metrics.codebook_stats(distributed.local(hist))["usage"]
+    out.log({"step": step, "split": "train", **stats, "usage": usage, "lr": lr, "seconds": round(elapsed, 2)})
+    if out.main:
+        bar.report(step, _shown(stats, usage))
