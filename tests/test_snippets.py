@@ -2,24 +2,12 @@
 the functions, FSQ inside a Flax and an Equinox module. (docs/export.md's reading example needs an exported file;
 tests/test_cli_runs.py runs it on one.)"""
 
-import re
-from pathlib import Path
-
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+from helpers import python_blocks
 
 # Each Python block is picked by a string only it contains; a block matched by none of these is run by no test.
 MARKERS = ("fsq = FSQ((8, 5, 5, 5))", "levels_for(2**10)", "flax.linen", "import equinox as eqx", "safe_open")
-
-
-def python_blocks(containing: str = "") -> list[str]:
-    """The ```python blocks of README.md and docs/*.md that contain `containing`."""
-    return [b for page in PAGES
-            for b in re.findall(r"^```python\n(.*?)^```$", page.read_text(), re.MULTILINE | re.DOTALL)
-            if containing in b]
 
 
 def run(marker: str) -> dict:
