@@ -7,7 +7,8 @@ layout table).
 from importlib.metadata import PackageNotFoundError, version
 
 from fsq_ref.bottleneck import QuantizerConfig
-from fsq_ref.fsq import FSQ, codes_to_indices, implicit_codebook, indices_to_codes, levels_for, quantize
+from fsq_ref.fsq import (FSQ, codes_to_indices, implicit_codebook, indices_to_codes, levels_for, quantize,
+                         quantize_reference)
 from fsq_ref.quantizers import Quantized
 from fsq_ref.vq import VQ
 
@@ -17,4 +18,4 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = ["FSQ", "VQ", "Quantized", "QuantizerConfig", "codes_to_indices", "implicit_codebook", "indices_to_codes",
-           "levels_for", "quantize", "__version__"]
+           "levels_for", "quantize", "quantize_reference", "__version__"]

@@ -41,3 +41,16 @@ def test_folder_table():
     lines = bench.folders(files=4, batch_size=4, repeats=1)
     assert len(lines) == 4 and lines[2].startswith("| 128 px | 4 |") and lines[3].startswith("| 256 px | 4 |")
     assert all(float(cell.replace(",", "")) > 0 for line in lines[2:] for cell in line.split("|")[3:5])
+
+
+def test_out_writes_a_whole_current_report(tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "quantizers", lambda: ["| pass | vectors/s |", "|---|---:|", "| FSQ | 1 M |"])
+    out = tmp_path / "bench.md"
+    out.write_text("an older report\n")
+    for _ in range(2):  # the second run replaces the first, never appends
+        result = invoke("bench", "--areas", "quantizers", "--out", out)
+        assert result.exit_code == 0, result.output
+    text = out.read_text()
+    assert "older" not in text and text.count("# Benchmarks") == 1 and text.count("## quantizers") == 1
+    assert "- date: " in text and "- commit: " not in text and "commit: " in text and "- machine: " in text
+    assert "| FSQ | 1 M |" in text and not list(tmp_path.glob(".*.tmp"))

@@ -20,6 +20,7 @@ from fsq_ref.cli.options import (
     with_training_options,
 )
 from fsq_ref.common.errors import InputError
+from fsq_ref.common.files import write_atomic
 from fsq_ref.experiments import bench, study, study_report
 from fsq_ref.training import allocator, distributed, presets, tokenizer_train, train
 
@@ -150,17 +151,22 @@ def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, pr
 @main.command("bench")
 @click.option("--areas", default=",".join(bench.AREAS), show_default=True,
               help=f"which tables to measure, comma-separated, from: {', '.join(bench.AREAS)}")
-@click.option("--append", "append_to", default=None, type=click.Path(dir_okay=False),
-              help="also append the report to this Markdown file (e.g. BENCHMARKS.md)")
-def bench_command(areas, append_to):
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="also write the whole report to this Markdown file, replacing it")
+@click.option("--append", "append_to", default=None, type=click.Path(dir_okay=False), hidden=True,
+              help="append the report to this file (kept for old scripts; --out writes a whole current file)")
+def bench_command(areas, out, append_to):
     """Speed on the devices JAX sees: quantizers (and FSQ's share of memory bandwidth), each trainer's step against
     its data pipeline, compilations, MaskGIT generation and UViM decoding. Medians over repeats, warm-up excluded.
 
     \b
     Example:
-      fsq bench --areas quantizers,tokenizer --append BENCHMARKS.md
+      fsq bench --areas quantizers,tokenizer --out bench.md
     """
     report = bench.run(choice_list(areas, "--areas", bench.AREAS), echo=click.echo)
+    if out is not None:
+        write_atomic(out, (report + "\n").encode())
+        click.echo(f"wrote {out}")
     if append_to is not None:
         with open(append_to, "a") as f:
             f.write("\n" + report + "\n")

@@ -21,9 +21,12 @@ Every figure is a median over repeats after a warm-up call (which compiles). Tim
 waited for only once per repeat.
 """
 
+import datetime
 import functools
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -86,11 +89,41 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
-def header() -> str:
+def machine() -> str:
+    """The host in a few words: CPU model, cores and memory (from /proc on Linux; the platform elsewhere)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                       if line.startswith("MemTotal")))
+        return f"{cpu}, {os.cpu_count()} cores, {kib / 2**20:.0f} GiB"
+    except (OSError, StopIteration, ValueError):
+        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
+def commit() -> str:
+    """The checkout's commit (with '+changes' when the tree differs from it), or 'not a git checkout'."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git checkout"
+    return head + ("+changes" if dirty else "")
+
+
+def header() -> list[str]:
+    """The report's title and what its figures were measured on: date, commit, machine, device, versions."""
     device = jax.devices()[0]
-    return (f"device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
-            f"python {platform.python_version()}; float32 matmul (1024^3, the MFU reference): "
-            f"{matmul_rate() / 1e9:,.0f} GFLOP/s; command: fsq bench {' '.join(sys.argv[2:])}".rstrip())
+    return ["# Benchmarks (`fsq bench`)", "",
+            f"- command: `{' '.join(['fsq', 'bench', *sys.argv[2:]])}`",
+            f"- date: {datetime.date.today().isoformat()}; commit: {commit()}",
+            f"- machine: {machine()}",
+            f"- device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
+            f"python {platform.python_version()}",
+            f"- float32 matmul (1024^3, the MFU reference): {matmul_rate() / 1e9:,.0f} GFLOP/s"]
 
 
 def fsq_fn(levels: tuple[int, ...]):
@@ -274,10 +307,10 @@ def run(areas=AREAS, echo: Callable[[str], None] = print) -> str:
     """Measure `areas`, echo each table as it is ready, and return the whole report as Markdown."""
     parts = {"quantizers": quantizers, "folders": folders, "tokenizer": tokenizer_area, "maskgit": maskgit_area,
              "uvim": uvim_area}
-    report = [header(), ""]
-    echo(report[0])
+    report = [*header(), ""]
+    echo("\n".join(report))
     for area in areas:
-        lines = [f"### {area}", "", *parts[area](), ""]
+        lines = [f"## {area}", "", *parts[area](), ""]
         echo("\n".join(lines))
         report += lines
     return "\n".join(report)
