@@ -23,10 +23,8 @@ waited for only once per repeat.
 
 import datetime
 import functools
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +39,7 @@ from PIL import Image
 
 from fsq_ref import dense_tasks, fsq, maskgit, tokenizer, uvim, vq
 from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.common import provenance
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import datasets, dense, image_files
 from fsq_ref.evaluation import flops
@@ -89,38 +88,13 @@ class CompileCounter:
         jax.monitoring.unregister_event_duration_listener(self._listener)
 
 
-def machine() -> str:
-    """The host in a few words: CPU model, cores and memory (from /proc on Linux; the platform elsewhere)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
-        kib = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                       if line.startswith("MemTotal")))
-        return f"{cpu}, {os.cpu_count()} cores, {kib / 2**20:.0f} GiB"
-    except (OSError, StopIteration, ValueError):
-        return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-
-
-def commit() -> str:
-    """The checkout's commit (with '+changes' when the tree differs from it), or 'not a git checkout'."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "not a git checkout"
-    return head + ("+changes" if dirty else "")
-
-
 def header() -> list[str]:
     """The report's title and what its figures were measured on: date, commit, machine, device, versions."""
     device = jax.devices()[0]
     return ["# Benchmarks (`fsq bench`)", "",
             f"- command: `{' '.join(['fsq', 'bench', *sys.argv[2:]])}`",
-            f"- date: {datetime.date.today().isoformat()}; commit: {commit()}",
-            f"- machine: {machine()}",
+            f"- date: {datetime.date.today().isoformat()}; commit: {provenance.commit()}",
+            f"- machine: {provenance.machine()}",
             f"- device: {device.device_kind} ({device.platform}) x {jax.device_count()}; jax {jax.__version__}; "
             f"python {platform.python_version()}",
             f"- float32 matmul (1024^3, the MFU reference): {matmul_rate() / 1e9:,.0f} GFLOP/s"]
