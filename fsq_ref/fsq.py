@@ -23,7 +23,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from fsq_ref.common.errors import InputError
-from fsq_ref.quantizers import Quantized
+from fsq_ref.quantizers import Quantized, usage_metrics
 
 # The paper's recommended levels (Table 1 and appendix A.4.1), keyed by target codebook size. The appendix gives
 # [7,5,5,5] for 2^12; Table 1 and the UViM experiments use [7,5,5,5,5], which is what we follow.
@@ -175,8 +175,8 @@ def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     return _quantize_float32(z.astype(jnp.float32), levels).astype(z.dtype)
 
 
-def _basis(levels: tuple[int, ...]) -> np.ndarray:
-    # Mixed radix with the first channel least significant: [1, L0, L0*L1, ...].
+def mixed_radix(levels: tuple[int, ...]) -> np.ndarray:
+    """Each channel's place value in an index, first channel least significant: int32 [1, L0, L0*L1, ...]."""
     return np.cumprod((1,) + levels[:-1]).astype(np.int32)
 
 
@@ -192,7 +192,7 @@ def codes_to_indices(codes: Float[Array, "... D"], levels) -> Int[Array, "..."]:
     _check_channels(codes, levels)
     half_width = _half_width(levels)
     digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
-    return jnp.sum(digits * _basis(levels), axis=-1, dtype=jnp.int32)
+    return jnp.sum(digits * mixed_radix(levels), axis=-1, dtype=jnp.int32)
 
 
 def indices_to_codes(indices: Int[Array, "..."], levels) -> Float[Array, "... D"]:
@@ -203,7 +203,7 @@ def indices_to_codes(indices: Int[Array, "..."], levels) -> Float[Array, "... D"
     levels = check_levels(levels)
     indices = jnp.asarray(indices).astype(jnp.int32)[..., None]
     half_width = np.asarray([l // 2 for l in levels], np.int32)
-    digits = (indices // _basis(levels)) % np.asarray(levels, np.int32)
+    digits = (indices // mixed_radix(levels)) % np.asarray(levels, np.int32)
     return (digits - half_width).astype(jnp.float32) / half_width.astype(np.float32)
 
 
@@ -292,7 +292,8 @@ class FSQ(eqx.Module):
         # Indices from the float32 codes, so bf16 inputs give exactly the indices of the same values in float32.
         codes = quantize(z.astype(jnp.float32), self.levels)
         indices = codes_to_indices(jax.lax.stop_gradient(codes), self.levels)
-        return Quantized(codes.astype(z.dtype), indices, jnp.zeros((), jnp.float32), {}), state
+        metrics = usage_metrics(indices, self.codebook_size)
+        return Quantized(codes.astype(z.dtype), indices, jnp.zeros((), jnp.float32), metrics), state
 
     def indices_to_codes(self, indices: Int[Array, "..."], state=None) -> Float[Array, "... D"]:
         del state

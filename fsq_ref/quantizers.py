@@ -7,13 +7,16 @@ A model never asks which quantizer it holds. FSQ (`fsq.FSQ`) and VQ (`vq.VQ`) ar
     codes = q.indices_to_codes(indices, state)
 
 and expose `dim` (the latent channels they take) and `codebook_size`. Which quantizer a model holds is chosen by
-`bottleneck.QuantizerConfig`; this module depends on nothing else in the package.
+`bottleneck.QuantizerConfig`; this module depends on nothing else in the package. Both report `usage_metrics`
+of every call in `metrics`.
 
 Legend: D latent channels, K codebook size, "..." any leading (batch, grid) axes.
 """
 
 from typing import Any, NamedTuple, Protocol
 
+import jax
+import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 
@@ -41,3 +44,21 @@ class Quantizer(Protocol):
                  train: bool = False) -> tuple[Quantized, Any]: ...
 
     def indices_to_codes(self, indices: Int[Array, "..."], state: Any = None) -> Float[Array, "... D"]: ...
+
+
+def usage_metrics(indices: Int[Array, "..."], codebook_size: int) -> dict[str, Array]:
+    """What one call's codes say about codebook use: "usage", the fraction of the K codes that occur in `indices`,
+    and "perplexity", exp of the entropy of their distribution (K when all are used equally, 1 for a single code).
+
+    Counted by sorting the N indices, never with a [K] table, so it costs O(N log N) whatever K is (FSQ's implicit
+    codebooks reach 2^31 codes); under `jax.jit` it is computed only if the result is used. A whole dataset's usage
+    needs the counts of every call together (`evaluation.metrics.CodeCounter`).
+    """
+    flat = jnp.sort(indices.reshape(-1))
+    if flat.size == 0:
+        return {"usage": jnp.zeros((), jnp.float32), "perplexity": jnp.zeros((), jnp.float32)}
+    starts = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])  # the first of each run of one code
+    counts = jax.ops.segment_sum(jnp.ones_like(flat, jnp.float32), jnp.cumsum(starts) - 1, num_segments=flat.size)
+    p = counts / flat.size
+    entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log(jnp.where(counts > 0, p, 1.0)), 0.0))
+    return {"usage": jnp.sum(starts, dtype=jnp.float32) / codebook_size, "perplexity": jnp.exp(entropy)}

@@ -38,7 +38,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from fsq_ref.common.errors import InputError
-from fsq_ref.quantizers import Quantized
+from fsq_ref.quantizers import Quantized, usage_metrics
 
 
 class VQState(NamedTuple):
@@ -240,7 +240,7 @@ class VQ(eqx.Module):
         # the identity.
         codes = jax.lax.stop_gradient(e) + (x - jax.lax.stop_gradient(x))
 
-        metrics, loss = {}, jnp.zeros((), jnp.float32)
+        metrics, loss = usage_metrics(indices, self.codebook_size), jnp.zeros((), jnp.float32)
         if self.commitment:  # UViM's stage I has none
             metrics["vq_commitment"] = self.commitment * jnp.mean((x - jax.lax.stop_gradient(e)) ** 2)
             loss = metrics["vq_commitment"]
@@ -258,10 +258,7 @@ class VQ(eqx.Module):
                     raise InputError("training VQ with codebook splitting needs a key (the splits are perturbed)")
                 state = split_dead_codes(state, self.split_threshold, key)
 
-        out = Quantized(
-            codes.reshape(z.shape).astype(z.dtype), indices.reshape(z.shape[:-1]), loss, metrics
-        )
-        return out, state
+        return Quantized(codes.reshape(z.shape).astype(z.dtype), indices.reshape(z.shape[:-1]), loss, metrics), state
 
     def indices_to_codes(self, indices: Int[Array, "..."], state: VQState | None = None) -> Float[Array, "... D"]:
         """The codewords of `indices`, float32 [..., D]."""
