@@ -7,7 +7,7 @@ A model never asks which quantizer it holds. FSQ (`fsq.FSQ`) and VQ (`vq.VQ`) ar
     codes = q.indices_to_codes(indices, state)
 
 and expose `dim` (the latent channels they take) and `codebook_size`. Which quantizer a model holds is chosen by
-`bottleneck.QuantizerConfig`; this module depends on nothing else in the package. Both report `usage_metrics`
+`quantizer_config.QuantizerConfig`; this module depends on nothing else in the package. Both report `usage_metrics`
 of every call in `metrics`.
 
 Legend: D latent channels, K codebook size, "..." any leading (batch, grid) axes.

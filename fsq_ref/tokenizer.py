@@ -20,9 +20,9 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
 from fsq_ref import fsq, vq
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.data.images import to_uint8, to_unit
 from fsq_ref.nets import Autoencoder, AutoencoderConfig
+from fsq_ref.quantizer_config import QuantizerConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -38,9 +38,9 @@ import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref import fsq, vq
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.common.errors import InputError
 from fsq_ref.nets import Decoder, Encoder
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.sampling import categorical
 from fsq_ref.transformer import Transformer, causal_mask, dense
 

@@ -15,11 +15,11 @@ docs/paper-notes.md):
 - normalisation: l2-normalised codewords, with latents either l2-normalised too or standardised per token (zero mean
   and unit variance over the channels, as `jax.nn.standardize`). UViM's stage I does the latter and trains without
   a commitment loss (`w_commitment` 0): follows big_vision's `models/proj/uvim/vit.py::Model.encode` and
-  `::split_the_most_frequent_embedding` (`bottleneck.QuantizerConfig` "vq-split"; "vq-nosplit" is the same without
+  `::split_the_most_frequent_embedding` (`quantizer_config.QuantizerConfig` "vq-split"; "vq-nosplit" is the same without
   splitting, the paper's "VQ without splitting" ablation).
 
 Codeword size: big_vision's UViM configs set `codeword_dim` 768, the width of their ViT (one codeword per ViT token).
-Ours default to 16 channels (`bottleneck.QuantizerConfig.vq_dim`): our oracle is a small conv net whose widest layer
+Ours default to 16 channels (`quantizer_config.QuantizerConfig.vq_dim`): our oracle is a small conv net whose widest layer
 has 64 channels, and the nearest-neighbour search costs N*K*D, so a 768-wide codeword would make VQ many times more
 expensive than the network around it on a CPU; 16 channels still give standardisation enough channels to be
 meaningful, and more than FSQ's 5 channels for the same ~4k codes.

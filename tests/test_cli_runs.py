@@ -15,11 +15,11 @@ import jax
 import jax.random as jr
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import assert_bad_input, invoke, python_blocks
+from PIL import Image
 
 import fsq_ref
-from fsq_ref import bottleneck, fsq, tokenizer
+from fsq_ref import fsq, quantizer_config, tokenizer
 from fsq_ref.common.errors import InputError
 from fsq_ref.training import checkpoint, export, finetune, presets, runlock, tokenizer_train
 
@@ -87,10 +87,10 @@ def test_options_are_checked_never_ignored(args, message, trained, tmp_path):
 
 
 def test_fsq_codebook_size_picks_the_papers_levels():
-    q = bottleneck.from_options("fsq", codebook_size=4096, default_levels=(7, 5, 5, 5, 5))
+    q = quantizer_config.from_options("fsq", codebook_size=4096, default_levels=(7, 5, 5, 5, 5))
     assert q.levels == fsq.levels_for(4096) and q.size == 4375
     with pytest.raises(InputError, match="give one of the two"):
-        bottleneck.from_options("fsq", levels=(8, 6, 5), codebook_size=1000)
+        quantizer_config.from_options("fsq", levels=(8, 6, 5), codebook_size=1000)
 
 
 def test_generate_guidance_default_is_the_documented_one():
@@ -216,7 +216,7 @@ def test_fine_tuning_refuses_another_codebook_network_or_kind(trained, tmp_path)
 
 def test_fine_tuning_carries_the_vq_dictionary_over(tmp_path):
     """The EMA dictionary and its counts are part of the model; only the optimiser starts afresh."""
-    config = tokenizer.TokenizerConfig(presets.AUTOENCODER["tiny"], bottleneck.QuantizerConfig("vq-split",
+    config = tokenizer.TokenizerConfig(presets.AUTOENCODER["tiny"], quantizer_config.QuantizerConfig("vq-split",
                                                                                               codebook_size=16))
     task = tokenizer_train.make_task(config, "procedural:64", None, batch_size=4, seed=0, weight_decay=1e-4)
     fresh = task.init_state(jr.key(0))

@@ -10,8 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 from helpers import assert_bad_input, invoke
+from PIL import Image
 
 from fsq_ref import uvim
 from fsq_ref.common.errors import InputError

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from fsq_ref import tokenizer, vq
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import datasets
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.training import precision, presets, tokenizer_train, train
 
 

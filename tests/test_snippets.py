@@ -3,7 +3,6 @@ the functions, FSQ inside a Flax and an Equinox module. (docs/export.md's readin
 tests/test_cli_runs.py runs it on one.)"""
 
 import numpy as np
-
 from helpers import python_blocks
 
 # Each Python block is picked by a string only it contains; a block matched by none of these is run by no test.
@@ -56,12 +55,19 @@ def test_flax_module():
     assert_indices(ns["indices"], (4, 16))
 
 
-def test_equinox_module():
+def test_equinox_layers():
     import jax
 
     ns = run("import equinox as eqx")
-    assert ns["y"].shape == (16, 32)
-    assert_indices(ns["indices"], (16,))
+    assert ns["y"].shape == (16, 512)
+    assert_indices(ns["indices"], (16, 2))
+    np.testing.assert_allclose(np.asarray(ns["decoded"]), np.asarray(ns["y"]), atol=1e-5)  # equal to y
+    assert 0 < float(ns["usage"]) <= 32 / 1000  # 16 rows x 2 codebooks use at most 32 of the 1000 codes
     # Straight through: the loss reaches the projection in front of the quantizer.
-    assert np.abs(np.asarray(ns["grads"].down.weight)).max() > 0
+    assert np.abs(np.asarray(ns["grads"].project_in.weight)).max() > 0
     assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(ns["grads"]))
+    assert_indices(ns["stages"], (16, 4))
+    rfsq, stages, r = ns["rfsq"], ns["stages"], np.asarray(ns["r"])  # each row keeps a prefix of 1-4 stages
+    assert all(any(np.allclose(r[i], rfsq.indices_to_codes(stages[i, :n]), atol=1e-5) for n in range(1, 5))
+               for i in range(16))
+    assert ns["coarse"].shape == (16, 512)

@@ -11,9 +11,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fsq_ref import tokenizer
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.data import datasets
 from fsq_ref.data.images import to_unit
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.training import checkpoint, distributed, presets, stopping, tokenizer_train, train
 
 

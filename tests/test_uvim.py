@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 
 from fsq_ref import dense_tasks, uvim
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense
 from fsq_ref.evaluation import dense_metrics, uvim_eval
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.training import presets, uvim_train
 
 TINY = presets.ORACLE["tiny"]

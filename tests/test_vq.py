@@ -17,7 +17,7 @@ except ImportError:  # older JAX has it only under jax.experimental
     from jax.experimental.shard_map import shard_map
 
 from fsq_ref import vq
-from fsq_ref.bottleneck import QuantizerConfig
+from fsq_ref.quantizer_config import QuantizerConfig
 
 
 @settings(deadline=None, max_examples=30)

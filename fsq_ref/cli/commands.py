@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import __version__, bottleneck, tokenizer
+from fsq_ref import __version__, quantizer_config, tokenizer
 from fsq_ref.cli import folder_commands, maskgit_commands, uvim_commands
 from fsq_ref.cli.options import (
     choice_list,
@@ -71,7 +71,7 @@ def train_group():
 
 @train_group.command("autoencoder")
 @with_data_options(default="fashion-mnist")
-@click.option("--quantizer", type=click.Choice(bottleneck.KINDS), default="fsq", show_default=True,
+@click.option("--quantizer", type=click.Choice(quantizer_config.KINDS), default="fsq", show_default=True,
               help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (UViM: EMA + "
                    "splitting); vq-nosplit (UViM's EMA VQ without splitting)")
 @click.option("--levels", default=None, help="FSQ levels, e.g. 8,6,5 (default: levels_for(--codebook-size), else 8,6,5)")
@@ -92,7 +92,7 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
       fsq train autoencoder --data my-photos/ --levels 8,6,5 --steps 500 --init-from runs/fsq --workdir runs/ft
     """
     levels = tuple(int_list(levels, "--levels", "8,6,5")) if levels is not None else None
-    q = bottleneck.from_options(quantizer, levels=levels, codebook_size=codebook_size, vq_dim=vq_dim)
+    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size, vq_dim=vq_dim)
     loop = train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
                             learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every,
                             dtype=dtype)
@@ -116,7 +116,7 @@ def study_group():
 @click.option("--sizes", default=",".join(map(str, study.PAPER_SIZES)), show_default=True,
               help="target codebook sizes (each must be in the paper's Table 1 for FSQ)")
 @click.option("--quantizers", "kinds", default=",".join(study.QUANTIZERS), show_default=True,
-              help=f"comma-separated, from: {', '.join(bottleneck.KINDS)}")
+              help=f"comma-separated, from: {', '.join(quantizer_config.KINDS)}")
 @click.option("--steps", type=int, default=1500, show_default=True, help="training steps per run (equal budgets)")
 @click.option("--batch-size", type=int, default=16, show_default=True)
 @click.option("--preset", type=click.Choice(presets.AUTOENCODER), default="fashion-mnist", show_default=True)
@@ -138,7 +138,7 @@ def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, pr
     """
     try:
         study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=int_list(sizes, "--sizes", "16,256"),
-                        quantizers=choice_list(kinds, "--quantizers", bottleneck.KINDS), steps=steps,
+                        quantizers=choice_list(kinds, "--quantizers", quantizer_config.KINDS), steps=steps,
                         batch_size=batch_size, preset=preset, seed=seed, maskgit_steps=maskgit_steps)
     except KeyboardInterrupt:
         raise SystemExit(130) from None

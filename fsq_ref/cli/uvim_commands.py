@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import bottleneck, dense_tasks
+from fsq_ref import dense_tasks, quantizer_config
 from fsq_ref.cli.options import int_list, run_training, save_npz, with_options, with_training_options
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense
@@ -60,7 +60,7 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
       fsq train uvim-oracle --task depth --data scenes --time-limit 240 --workdir runs/uvim/depth-oracle
     """
     levels = tuple(int_list(levels, "--levels", "7,5,5,5,5")) if levels is not None else None
-    q = bottleneck.from_options(quantizer, levels=levels, codebook_size=codebook_size, default_levels=DEFAULT_LEVELS,
+    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size, default_levels=DEFAULT_LEVELS,
                                 default_vq_size=DEFAULT_VQ_SIZE)
     # Without context, code dropout would only hide part of the output from a decoder that has nothing else to go on.
     code_dropout = context if code_dropout is None else code_dropout

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from fsq_ref import dense_tasks, tokenizer, uvim
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.common import files
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import datasets, dense
 from fsq_ref.evaluation import uvim_eval
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.training import checkpoint, finetune, tokenizer_train, uvim_train
 
 

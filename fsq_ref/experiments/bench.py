@@ -38,11 +38,11 @@ import numpy as np
 from PIL import Image
 
 from fsq_ref import dense_tasks, fsq, maskgit, tokenizer, uvim, vq
-from fsq_ref.bottleneck import QuantizerConfig
 from fsq_ref.common import provenance
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import datasets, dense, image_files
 from fsq_ref.evaluation import flops
+from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.training import maskgit_train, presets, tokenizer_train, uvim_train
 
 AREAS = ("quantizers", "folders", "tokenizer", "maskgit", "uvim")
