@@ -106,7 +106,7 @@ EOF
 begin "fsq --help and every subcommand's --help"
 commands=$("$python" - <<'EOF'
 import click
-from fsq_ref.cli import main
+from fsq_ref.cli.commands import main
 
 def walk(command, path):
     yield path

@@ -1,6 +1,6 @@
 # Sourced by demo.sh and test.sh: installs what the project needs on a fresh Debian machine, idempotently.
 #   - Fashion-MNIST from Debian's `dataset-fashion-mnist` (IDX files in /usr/share/datasets/fashion-mnist);
-#   - a virtual environment in .venv with `pip install -e .[dev,tensorboard]`.
+#   - a virtual environment in .venv with `pip install -e .[dev]`.
 # Set FSQ_DATA_DIR to a folder holding the IDX files to skip the Debian package.
 
 as_root() {
@@ -26,6 +26,6 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PYTHON" -m venv .venv 2>/dev/null || { apt_install python3-venv && "$PYTHON" -m venv .venv; }
 fi
-echo "setup: pip install -e .[dev,tensorboard]"
+echo "setup: pip install -e .[dev]"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,tensorboard]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"

@@ -296,5 +296,5 @@ def test_tensorboard_without_its_extra_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed: importing it fails
     assert_bad_input(invoke("train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--steps", 1,
                             "--batch-size", 4, "--tensorboard", "--workdir", tmp_path / "w"),
-                     "pip install 'fsq-ref[tensorboard]'")
+                     "pip install '.[tensorboard]'")
     assert not (tmp_path / "w" / "checkpoint.fsq").exists()

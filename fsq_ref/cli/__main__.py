@@ -1,3 +1,3 @@
-from fsq_ref.cli.commands import main
+from fsq_ref.cli import main
 
 main()

@@ -78,7 +78,7 @@ def with_training_options(*, batch_size: int, learning_rate: float, batch_help: 
                      help="fine-tune: start from the model (and quantizer state) of this run of the same kind, "
                           "network and codebook, with a fresh optimiser and schedule"),
         click.option("--tensorboard", is_flag=True,
-                     help="also log to WORKDIR/tensorboard (needs `pip install 'fsq-ref[tensorboard]'`)"),
+                     help="also log to WORKDIR/tensorboard (needs the tensorboard extra: tensorboardX)"),
     ])
 
 

@@ -1,7 +1,7 @@
 """Optional TensorBoard logs (`fsq train ... --tensorboard`): what the training loop writes to metrics.jsonl, also as
 TensorBoard scalars, and the pictures a task draws at each evaluation (the autoencoder's reconstructions, UViM's
 predictions), in WORKDIR/tensorboard. Written with tensorboardX, the `tensorboard` extra
-(`pip install 'fsq-ref[tensorboard]'`); metrics.jsonl stays the record either way.
+(the `tensorboard` extra: `pip install '.[tensorboard]'` in the clone); metrics.jsonl stays the record either way.
 """
 
 from pathlib import Path
@@ -23,7 +23,7 @@ class Writer:
             from tensorboardX import SummaryWriter
         except ImportError:
             raise InputError("--tensorboard needs tensorboardX, which is not installed: "
-                             "pip install 'fsq-ref[tensorboard]' (or leave out --tensorboard)") from None
+                             "pip install '.[tensorboard]' in the clone, or pip install tensorboardX (or leave out --tensorboard)") from None
         self.workdir, self.pictures = Path(workdir), pictures
         self.writer = SummaryWriter(str(self.workdir / FOLDER))
 
