@@ -38,31 +38,13 @@ def _projections(dim: int | None, width: int, key: PRNGKeyArray | None):
     return eqx.nn.Linear(dim, width, key=in_key), eqx.nn.Linear(width, dim, key=out_key)
 
 
-class FSQBottleneck(eqx.Module):
-    """dim -> C x len(levels) channels -> FSQ -> back to dim: the bottleneck most models put FSQ in.
-
-    With `num_codebooks` C > 1 each position carries C independent FSQ codes (C indices, each in [0, prod(levels))),
-    which multiplies the information per position without growing any grid. `channel_first` takes and returns
-    [dim, ...] (one image as [C, H, W], Equinox's convolution layout; `jax.vmap` over a batch) instead of [..., dim].
-    Without `dim`, or with dim = C x len(levels), there are no projections and no parameters.
-    """
+class _FSQLayer(eqx.Module):
+    """What both layers share: their levels, their input width and the projections to FSQ's channels and back."""
 
     levels: tuple[int, ...] = eqx.field(static=True)
-    num_codebooks: int = eqx.field(static=True)
-    channel_first: bool = eqx.field(static=True)
     width: int = eqx.field(static=True)
     project_in: eqx.nn.Linear | None
     project_out: eqx.nn.Linear | None
-
-    def __init__(self, levels, dim: int | None = None, *, num_codebooks: int = 1, channel_first: bool = False,
-                 key: PRNGKeyArray | None = None):
-        self.levels = fsq.check_levels(levels)
-        if num_codebooks < 1:
-            raise InputError(f"num_codebooks must be >= 1; got {num_codebooks}")
-        self.num_codebooks, self.channel_first = num_codebooks, channel_first
-        fsq_width = num_codebooks * len(self.levels)
-        self.width = fsq_width if dim is None else dim
-        self.project_in, self.project_out = _projections(dim, fsq_width, key)
 
     @property
     def dim(self) -> int:
@@ -75,6 +57,29 @@ class FSQBottleneck(eqx.Module):
     def init_state(self, *, key=None):
         del key
         return None
+
+
+class FSQBottleneck(_FSQLayer):
+    """dim -> C x len(levels) channels -> FSQ -> back to dim: the bottleneck most models put FSQ in.
+
+    With `num_codebooks` C > 1 each position carries C independent FSQ codes (C indices, each in [0, prod(levels))),
+    which multiplies the information per position without growing any grid. `channel_first` takes and returns
+    [dim, ...] (one image as [C, H, W], Equinox's convolution layout; `jax.vmap` over a batch) instead of [..., dim].
+    Without `dim`, or with dim = C x len(levels), there are no projections and no parameters.
+    """
+
+    num_codebooks: int = eqx.field(static=True)
+    channel_first: bool = eqx.field(static=True)
+
+    def __init__(self, levels, dim: int | None = None, *, num_codebooks: int = 1, channel_first: bool = False,
+                 key: PRNGKeyArray | None = None):
+        self.levels = fsq.check_levels(levels)
+        if num_codebooks < 1:
+            raise InputError(f"num_codebooks must be >= 1; got {num_codebooks}")
+        self.num_codebooks, self.channel_first = num_codebooks, channel_first
+        fsq_width = num_codebooks * len(self.levels)
+        self.width = fsq_width if dim is None else dim
+        self.project_in, self.project_out = _projections(dim, fsq_width, key)
 
     def __call__(self, x: Float[Array, "... dim"], state=None, *, key=None, train: bool = False):
         """(Quantized(output [..., dim], indices int32 [..., C], 0, metrics), state)."""
@@ -114,7 +119,7 @@ def residual_ratios(levels: tuple[int, ...]) -> np.ndarray:
     return np.where(levels % 2 == 1, 1.0 / (levels - 1), 1.0 / np.maximum(levels - 2, 1)).astype(np.float32)
 
 
-class ResidualFSQ(eqx.Module):
+class ResidualFSQ(_FSQLayer):
     """N stages of FSQ on one latent: stage 1 quantizes the bounded latent, stage k the error stages 1..k-1 left, on
     a grid `residual_ratios` times finer than stage k-1's, so each stage lowers the error by that factor.
 
@@ -131,12 +136,8 @@ class ResidualFSQ(eqx.Module):
     prefix of them ([..., n], n <= N).
     """
 
-    levels: tuple[int, ...] = eqx.field(static=True)
     num_stages: int = eqx.field(static=True)
     quantize_dropout: bool = eqx.field(static=True)
-    width: int = eqx.field(static=True)
-    project_in: eqx.nn.Linear | None
-    project_out: eqx.nn.Linear | None
 
     def __init__(self, levels, num_stages: int, dim: int | None = None, *, quantize_dropout: bool = False,
                  key: PRNGKeyArray | None = None):
@@ -150,21 +151,9 @@ class ResidualFSQ(eqx.Module):
         self.width = len(self.levels) if dim is None else dim
         self.project_in, self.project_out = _projections(dim, len(self.levels), key)
 
-    @property
-    def dim(self) -> int:
-        return self.width
-
-    @property
-    def codebook_size(self) -> int:
-        return math.prod(self.levels)
-
     def scales(self) -> np.ndarray:
         """Each stage's grid scale per channel, float32 [N, D]: 1 for stage 1, then `residual_ratios` per stage."""
         return residual_ratios(self.levels)[None, :] ** np.arange(self.num_stages, dtype=np.float32)[:, None]
-
-    def init_state(self, *, key=None):
-        del key
-        return None
 
     def __call__(self, x: Float[Array, "... dim"], state=None, *, key: PRNGKeyArray | None = None,
                  train: bool = False):
