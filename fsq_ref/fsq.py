@@ -71,6 +71,7 @@ def bound(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
     Args:
       z: latents, [..., D], any float dtype.
       levels: the number of values of each channel, D ints >= 2.
+
     Returns:
       float32 [..., D]; rounding channel i gives an integer in [-(L_i // 2), (L_i - 1) // 2].
     References: paper Section 3 and Appendix A.1 (code listing).
@@ -96,6 +97,7 @@ def quantize_reference(z: Float[Array, "... D"], levels) -> Float[Array, "... D"
     Args:
       z: latents, [..., D], any float dtype.
       levels: D ints >= 2.
+
     Returns:
       codes in the dtype of `z`, same shape; channel i takes L_i values, k / (L_i // 2) for integer k.
     References: paper Section 3 and Appendix A.1.
@@ -212,9 +214,9 @@ def implicit_codebook(levels) -> Float[Array, "K D"]:
     levels = check_levels(levels)
     size = math.prod(levels)
     if size > MAX_MATERIALISED_CODEBOOK:
-        gib = size * len(levels) * 4 / 2**30
-        raise InputError(f"the implicit codebook of levels {list(levels)} has {size} entries ({gib:.1f} GiB as "
-                         "float32); use indices_to_codes on the indices you need instead of building the table")
+        raise InputError(f"the implicit codebook of levels {list(levels)} has {size} entries "
+                         f"({size * len(levels) * 4 / 2**30:.1f} GiB as float32); use indices_to_codes on the indices "
+                         "you need instead of building the table")
     return indices_to_codes(jnp.arange(size, dtype=jnp.int32), levels)
 
 
@@ -245,9 +247,8 @@ def codebook_size(levels) -> int:
 
 def _check_channels(z: Array, levels: tuple[int, ...]) -> None:
     if z.ndim == 0 or z.shape[-1] != len(levels):
-        raise InputError(f"the last axis of the input must have one channel per level ({len(levels)} for levels "
-                         f"{list(levels)}); got shape {tuple(z.shape)}. Project the latent to {len(levels)} "
-                         "channels first")
+        raise InputError(f"the input's last axis must have one channel per level of {list(levels)}; got shape "
+                         f"{tuple(z.shape)}: project the latent to {len(levels)} channels first")
 
 
 def levels_for(size: int) -> tuple[int, ...]:
@@ -265,8 +266,7 @@ def levels_for(size: int) -> tuple[int, ...]:
 class FSQ(eqx.Module):
     """FSQ as a quantizer module with the same calling shape as `vq.VQ`.
 
-    FSQ has no parameters and no state: `init_state` returns None and `__call__` hands the state back unchanged
-    (the contract is in `quantizers`).
+    No parameters, no state: `init_state` gives None and `__call__` returns the state unchanged (`quantizers`).
     """
 
     levels: tuple[int, ...] = eqx.field(static=True)

@@ -5,7 +5,7 @@
 # script cannot drift from it), then the package itself with --no-deps, and checks
 #   1. every module of fsq_ref imports;
 #   2. `fsq --help` and every subcommand's `--help` run;
-#   3. the quantizer tests and the README's snippets (Flax at its floor) pass;
+#   3. the quantizer and layer tests, the docs' snippets (Flax at its floor), the docs site and the install checks pass;
 #   4. training works: the CLI run tests (train, encode, eval, fine-tune from a checkpoint, export, TensorBoard).
 # Exits non-zero and names the failed step on any failure. Needs python3 (3.11+) with venv, and PyPI.
 # Usage: [PYTHON=python3.X] bash scripts/check-floors.sh [NAME==VERSION ...]
@@ -124,9 +124,10 @@ while IFS= read -r command; do
 done <<< "$commands"
 
 cd "$root"
-begin "the quantizer tests and the README's snippets"
+begin "the quantizer and layer tests, the snippets, the docs site, the install checks"
 "$python" -m pytest -p no:cacheprovider -q \
-    tests/test_fsq.py tests/test_vq.py tests/test_quantizers.py tests/test_metrics.py tests/test_snippets.py
+    tests/test_fsq.py tests/test_vq.py tests/test_quantizers.py tests/test_metrics.py tests/test_snippets.py \
+    tests/test_layers.py tests/test_flax_layers.py tests/test_docs_site.py tests/test_install.py
 
 begin "training: the CLI run tests"
 "$python" -m pytest -p no:cacheprovider -q tests/test_cli_runs.py

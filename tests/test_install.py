@@ -5,7 +5,6 @@ the wheel into fresh virtual environments, as a user of the package would."""
 import json
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -37,6 +36,7 @@ def test_fsq_without_the_cli_extra_is_one_line(missing):
 
 
 def test_core_dependencies_are_the_four_the_quantizers_import():
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     names = sorted(r.split(">=")[0] for r in project["dependencies"])
     assert names == ["equinox", "jax", "jaxtyping", "numpy"]
