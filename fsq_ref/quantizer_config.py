@@ -12,7 +12,7 @@ from typing import Literal
 
 from jaxtyping import PRNGKeyArray
 
-from fsq_ref import fsq, vq
+from fsq_ref import fsq, layers, vq
 from fsq_ref.common.errors import InputError
 
 Kind = Literal["fsq", "vq", "vq-entropy", "vq-split", "vq-nosplit"]
@@ -30,18 +30,33 @@ class QuantizerConfig:
     `models/proj/uvim/vit.py::Model.encode`: EMA dictionary, momentum 0.995, latents standardised per token,
     l2-normalised codewords, no commitment loss, dead codes split off the most used one when their discounted count
     falls under 0.1); "vq-nosplit" (the same without splitting: the paper's "VQ without splitting" ablation).
+
+    FSQ also takes `codebooks` C > 1 (`layers.FSQBottleneck`: C codes per position) or `stages` N > 1
+    (`layers.ResidualFSQ`); either gives indices with a last axis of C or N. A header records them only when they
+    are not 1 (`to_dict`), so that run folders written before they existed read and resume as before.
     """
 
     kind: Kind = "fsq"
     levels: tuple[int, ...] = DEFAULT_LEVELS  # FSQ only
     codebook_size: int = DEFAULT_VQ_SIZE  # VQ only (FSQ's is prod(levels))
     vq_dim: int = 16  # VQ codeword size
+    codebooks: int = 1  # FSQ only: codes per position
+    stages: int = 1  # FSQ only: residual stages
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise InputError(f"unknown quantizer {self.kind!r}: use one of {', '.join(KINDS)}")
         if self.kind == "fsq":
             object.__setattr__(self, "levels", fsq.check_levels(self.levels))
+        if min(self.codebooks, self.stages) < 1 or (self.codebooks > 1 and self.stages > 1):
+            raise InputError(f"give --codebooks or --stages (each >= 1), not both above 1; got {self.codebooks} "
+                             f"codebooks and {self.stages} stages")
+        if self.kind != "fsq" and self.codebooks * self.stages > 1:
+            raise InputError("--codebooks and --stages are for FSQ; leave them out for VQ")
+
+    @property
+    def indices_per_position(self) -> int:
+        return self.codebooks * self.stages
 
     @property
     def size(self) -> int:
@@ -50,10 +65,16 @@ class QuantizerConfig:
     def describe(self) -> str:
         """One line for logs: 'fsq, levels [8, 6, 5] (240 codes)' or 'vq-split, 4096 codes of 16 channels'."""
         if self.kind == "fsq":
-            return f"fsq, levels {list(self.levels)} ({self.size} codes)"
+            many = f", {self.codebooks} codebooks" if self.codebooks > 1 else ""
+            many += f", {self.stages} residual stages" if self.stages > 1 else ""
+            return f"fsq, levels {list(self.levels)} ({self.size} codes){many}"
         return f"{self.kind}, {self.size} codes of {self.vq_dim} channels"
 
-    def build(self, *, key: PRNGKeyArray) -> fsq.FSQ | vq.VQ:
+    def build(self, *, key: PRNGKeyArray) -> fsq.FSQ | layers.FSQBottleneck | layers.ResidualFSQ | vq.VQ:
+        if self.kind == "fsq" and self.stages > 1:
+            return layers.ResidualFSQ(self.levels, self.stages)
+        if self.kind == "fsq" and self.codebooks > 1:
+            return layers.FSQBottleneck(self.levels, num_codebooks=self.codebooks)
         if self.kind == "fsq":
             return fsq.FSQ(self.levels)
         uvim = {"ema_decay": 0.995, "l2_normalize": True, "standardize": True, "commitment": 0.0}
@@ -65,15 +86,21 @@ class QuantizerConfig:
         }[self.kind]
         return vq.VQ(self.codebook_size, self.vq_dim, key=key, **options)
 
+    def to_dict(self) -> dict:
+        """The config for a header: every field, less `codebooks` and `stages` where they are 1."""
+        d = dataclasses.asdict(self)
+        return {k: v for k, v in d.items() if not (k in ("codebooks", "stages") and v == 1)}
+
     @classmethod
     def from_dict(cls, d: dict) -> QuantizerConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-def from_options(kind: str, *, levels=None, codebook_size: int | None = None, vq_dim: int = 16,
-                 default_levels: tuple[int, ...] = DEFAULT_LEVELS,
+def from_options(kind: str, *, levels=None, codebook_size: int | None = None, vq_dim: int = 16, codebooks: int = 1,
+                 stages: int = 1, default_levels: tuple[int, ...] = DEFAULT_LEVELS,
                  default_vq_size: int = DEFAULT_VQ_SIZE) -> QuantizerConfig:
-    """The quantizer a user asked for with `--quantizer`, `--levels` and `--codebook-size`.
+    """The quantizer a user asked for with `--quantizer`, `--levels`, `--codebook-size` (and, for a tokenizer,
+    `--codebooks` and `--stages`).
 
     FSQ takes explicit levels, or the paper's levels for a codebook size (`fsq.levels_for`), or `default_levels`;
     both given must agree. VQ takes a codebook size (default `default_vq_size`) and refuses levels.
@@ -84,7 +111,8 @@ def from_options(kind: str, *, levels=None, codebook_size: int | None = None, vq
         elif codebook_size is not None and fsq.codebook_size(levels) != codebook_size:
             raise InputError(f"--levels {list(levels)} give {fsq.codebook_size(levels)} codes, not --codebook-size "
                              f"{codebook_size}: give one of the two")
-        return QuantizerConfig("fsq", levels=tuple(levels))
+        return QuantizerConfig("fsq", levels=tuple(levels), codebooks=codebooks, stages=stages)
     if levels is not None:
         raise InputError("--levels is for FSQ; for VQ give --codebook-size")
-    return QuantizerConfig(kind, codebook_size=codebook_size or default_vq_size, vq_dim=vq_dim)
+    return QuantizerConfig(kind, codebook_size=codebook_size or default_vq_size, vq_dim=vq_dim, codebooks=codebooks,
+                           stages=stages)

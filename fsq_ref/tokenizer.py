@@ -30,6 +30,9 @@ class TokenizerConfig:
     autoencoder: AutoencoderConfig
     quantizer: QuantizerConfig
 
+    def to_dict(self) -> dict:
+        return {"autoencoder": dataclasses.asdict(self.autoencoder), "quantizer": self.quantizer.to_dict()}
+
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerConfig":
         ae = {k: tuple(v) if isinstance(v, list) else v for k, v in d["autoencoder"].items()}

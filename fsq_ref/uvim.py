@@ -58,9 +58,16 @@ class OracleConfig:
     code_dropout: bool = True
     context: bool = True  # False: stage I never sees the input (the paper's context ablation)
 
+    def __post_init__(self):
+        if self.quantizer.indices_per_position != 1:
+            raise InputError("UViM's guiding code has one index per position: leave out --codebooks and --stages")
+
     @property
     def grid(self) -> int:
         return self.image_size // 2 ** (len(self.channel_multipliers) - 1)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "quantizer": self.quantizer.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OracleConfig":

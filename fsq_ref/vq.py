@@ -19,8 +19,8 @@ docs/paper-notes.md):
   splitting, the paper's "VQ without splitting" ablation).
 
 Codeword size: big_vision's UViM configs set `codeword_dim` 768, the width of their ViT (one codeword per ViT token).
-Ours default to 16 channels (`quantizer_config.QuantizerConfig.vq_dim`): our oracle is a small conv net whose widest layer
-has 64 channels, and the nearest-neighbour search costs `N*K*D`, so a 768-wide codeword would make VQ many times more
+Ours default to 16 channels (`QuantizerConfig.vq_dim`): our oracle is a small conv net whose widest layer has 64
+channels, and the nearest-neighbour search costs `N*K*D`, so a 768-wide codeword would make VQ many times more
 expensive than the network around it on a CPU; 16 channels still give standardisation enough channels to be
 meaningful, and more than FSQ's 5 channels for the same ~4k codes.
 

@@ -63,3 +63,14 @@ def test_maskgit_measures_as_when_written(folders):
     results = maskgit_train.evaluate(model, token_file.indices, token_file.labels, key=jr.key(0))
     assert header["kind"] == "maskgit" and np.isfinite(results["nll"])
     assert_close(results, expected("maskgit"))
+
+
+def test_a_tokenizer_written_before_resumes(folders):
+    """Resuming compares the task's header with the checkpoint's: fields added since must not make it differ."""
+    from helpers import invoke
+
+    result = invoke("train", "autoencoder", "--data", "procedural:64", "--preset", "tiny", "--levels", "5,5,5",
+                    "--steps", 3, "--batch-size", 8, "--eval-every", 0, "--workdir", folders / "autoencoder-fsq",
+                    "--resume")
+    assert result.exit_code == 0, result.output
+    assert runs.evaluate(folders / "autoencoder-fsq").results["usage"] > 0

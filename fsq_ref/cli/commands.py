@@ -74,14 +74,20 @@ def train_group():
 @click.option("--quantizer", type=click.Choice(quantizer_config.KINDS), default="fsq", show_default=True,
               help="fsq; vq (codebook + commitment loss); vq-entropy (+ entropy loss); vq-split (UViM: EMA + "
                    "splitting); vq-nosplit (UViM's EMA VQ without splitting)")
-@click.option("--levels", default=None, help="FSQ levels, e.g. 8,6,5 (default: levels_for(--codebook-size), else 8,6,5)")
+@click.option("--levels", default=None,
+              help="FSQ levels, e.g. 8,6,5 (default: levels_for(--codebook-size), else 8,6,5)")
 @click.option("--codebook-size", type=int, default=None, help="VQ codebook size; for FSQ, picks the paper's levels")
 @click.option("--vq-dim", type=int, default=16, show_default=True, help="VQ codeword size")
+@click.option("--codebooks", type=int, default=1, show_default=True,
+              help="FSQ codes per position (fsq_ref.layers.FSQBottleneck); tokens get a last axis of this size")
+@click.option("--stages", type=int, default=1, show_default=True,
+              help="residual FSQ stages (fsq_ref.layers.ResidualFSQ); tokens get a last axis of this size")
 @click.option("--preset", type=click.Choice(presets.AUTOENCODER), default="fashion-mnist", show_default=True,
               help="network size")
 @with_training_options(batch_size=16, learning_rate=2e-3,
                        batch_help="small batches make more steps per second on a CPU; raise it on an accelerator")
-def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_dim, preset, steps, time_limit,
+def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_dim, codebooks, stages, preset, steps,
+                      time_limit,
                       batch_size, learning_rate, seed, dtype, eval_every, workdir, resume, init_from, tensorboard):
     """Train an image tokenizer (autoencoder with an FSQ or VQ bottleneck).
 
@@ -92,13 +98,14 @@ def train_autoencoder(data_spec, data_dir, quantizer, levels, codebook_size, vq_
       fsq train autoencoder --data my-photos/ --levels 8,6,5 --steps 500 --init-from runs/fsq --workdir runs/ft
     """
     levels = tuple(int_list(levels, "--levels", "8,6,5")) if levels is not None else None
-    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size, vq_dim=vq_dim)
+    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size, vq_dim=vq_dim,
+                                      codebooks=codebooks, stages=stages)
     loop = train.LoopConfig(steps=steps, time_limit=time_limit, batch_size=batch_size, seed=seed,
                             learning_rate=learning_rate, eval_every=eval_every, checkpoint_every=eval_every,
                             dtype=dtype)
-    task = tokenizer_train.make_task(tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, preset), q), data_spec,
-                               data_dir, batch_size=batch_size, seed=seed, weight_decay=loop.weight_decay,
-                               dtype=dtype)
+    config = tokenizer.TokenizerConfig(presets.pick(presets.AUTOENCODER, preset), q)
+    task = tokenizer_train.make_task(config, data_spec, data_dir, batch_size=batch_size, seed=seed,
+                                     weight_decay=loop.weight_decay, dtype=dtype)
     ae = task.config.autoencoder
     click.echo(f"tokenizer: {q.describe()}, {ae.token_grid}x{ae.token_grid} tokens; data: {data_spec}, "
                f"{len(task.train_ds)} train and {len(task.eval_ds)} test images")

@@ -60,8 +60,8 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
       fsq train uvim-oracle --task depth --data scenes --time-limit 240 --workdir runs/uvim/depth-oracle
     """
     levels = tuple(int_list(levels, "--levels", "7,5,5,5,5")) if levels is not None else None
-    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size, default_levels=DEFAULT_LEVELS,
-                                default_vq_size=DEFAULT_VQ_SIZE)
+    q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size,
+                                      default_levels=DEFAULT_LEVELS, default_vq_size=DEFAULT_VQ_SIZE)
     # Without context, code dropout would only hide part of the output from a decoder that has nothing else to go on.
     code_dropout = context if code_dropout is None else code_dropout
     config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,

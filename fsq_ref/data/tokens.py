@@ -1,7 +1,8 @@
 """Token files: what `fsq encode` writes and every later stage (decode, MaskGIT) reads.
 
 An `.npz` with:
-  indices        int32 [N, h, w]   codebook indices, channels-last grid order
+  indices        int32 [N, h, w]   codebook indices, channels-last grid order ([N, h, w, S] for S codebooks or
+                                   residual stages per position)
   labels         int32 [N]         class labels, when the data has them (with num_classes)
   codebook_size  int               K; every index is in [0, K)
   levels         int32 [D]         FSQ only
@@ -21,7 +22,7 @@ from fsq_ref.common.files import write_atomic
 
 @dataclasses.dataclass(frozen=True)
 class TokenFile:
-    indices: np.ndarray  # int32 [N, h, w]
+    indices: np.ndarray  # int32 [N, h, w], or [N, h, w, S] with S indices per position
     codebook_size: int
     tokenizer: str
     labels: np.ndarray | None = None  # int32 [N]
@@ -58,8 +59,9 @@ def load(path) -> TokenFile:
     if missing:
         raise InputError(f"{path} lacks {', '.join(sorted(missing))}: give an .npz written by `fsq encode`")
     indices, K = arrays["indices"], int(arrays["codebook_size"])
-    if indices.dtype.kind not in "iu" or indices.ndim != 3:
-        raise InputError(f"{path}: indices must be integers [N, h, w]; got {indices.dtype} {list(indices.shape)}")
+    if indices.dtype.kind not in "iu" or indices.ndim not in (3, 4):
+        raise InputError(f"{path}: indices must be integers [N, h, w] (or [N, h, w, S]); got {indices.dtype} "
+                         f"{list(indices.shape)}")
     if indices.size and (indices.min() < 0 or indices.max() >= K):
         raise InputError(f"{path}: token indices span [{indices.min()}, {indices.max()}], outside the codebook "
                          f"[0, {K}): use tokens from the tokenizer that made them")

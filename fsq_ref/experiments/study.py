@@ -204,7 +204,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       workdir: the study's folder (created if needed); a folder of an earlier call with the same options continues it.
       data_spec, data_dir: the dataset, as `datasets.load` takes them; the test split is what every run is measured on.
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
-      quantizers: any of `quantizer_config.KINDS` (see `quantizer_config.QuantizerConfig`); by default the four of Fig. 3.
+      quantizers: any of `quantizer_config.KINDS` (see `QuantizerConfig`); by default the four of Fig. 3.
       steps, batch_size, preset, seed: the budget and network every run shares.
       maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels).
       echo: receives a progress line before each run, and the training loop's messages.

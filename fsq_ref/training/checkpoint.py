@@ -70,7 +70,8 @@ def _split(path, *, check: bool) -> tuple[dict, bytes]:
             magic, line = f.read(len(MAGIC)), f.readline()
             payload = f.read() if check else b""
     except FileNotFoundError:
-        raise InputError(f"no checkpoint at {path}: train a model first, or point --workdir at a training run") from None
+        raise InputError(f"no checkpoint at {path}: train a model first, or point --workdir at a training "
+                         "run") from None
     except OSError as e:
         raise InputError(f"cannot read checkpoint {path} ({e})") from None
     if magic != MAGIC:
@@ -82,7 +83,8 @@ def _split(path, *, check: bool) -> tuple[dict, bytes]:
     if not isinstance(header, dict):
         raise InputError(f"checkpoint {path} has a damaged header: it is corrupt; train again or restore a copy")
     if check and hashlib.sha256(payload).hexdigest() != header.get("sha256"):
-        raise InputError(f"checkpoint {path} is truncated or corrupt (checksum mismatch): train again or restore a copy")
+        raise InputError(f"checkpoint {path} is truncated or corrupt (checksum mismatch): train again or restore a "
+                         "copy")
     return header, payload
 
 

@@ -228,6 +228,10 @@ def make_task(preset: str, train_tokens: tokens.TokenFile, eval_tokens: tokens.T
               batch_size: int, seed: int, dtype: str = "float32") -> MaskGITTask:
     """The MaskGIT task of size `preset` for a token file; without `eval_tokens` the last 1/20 of the training tokens
     is held out (and not trained on)."""
+    if train_tokens.indices.ndim != 3:
+        raise InputError(f"{train_tokens.path or 'the token file'} has {train_tokens.indices.shape[-1]} indices per "
+                         "position (codebooks or residual stages); MaskGIT models one: train the tokenizer without "
+                         "--codebooks and --stages")
     if eval_tokens is not None:
         tokens.check_made_by(eval_tokens, train_tokens.tokenizer, train_tokens.grid, train_tokens.codebook_size)
         held_out = eval_tokens

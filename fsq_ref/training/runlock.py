@@ -58,7 +58,8 @@ def hold(workdir):
         holder = _holder(path)
         if holder is not None and holder[1] != socket.gethostname():
             raise InputError(f"{workdir} is in use by a run on another host (pid {holder[0]} on {holder[1]}): wait "
-                             f"for it to finish, or use another --workdir; if that run is dead, delete {path}") from None
+                             f"for it to finish, or use another --workdir; if that run is dead, delete "
+                             f"{path}") from None
         if holder is not None and _alive(holder[0]):
             raise InputError(f"{workdir} is in use by a run (pid {holder[0]} on {holder[1]}): wait for it to "
                              "finish, or use another --workdir") from None

@@ -22,8 +22,8 @@ class Writer:
         try:
             from tensorboardX import SummaryWriter
         except ImportError:
-            raise InputError("--tensorboard needs tensorboardX, which is not installed: "
-                             "pip install '.[tensorboard]' in the clone, or pip install tensorboardX (or leave out --tensorboard)") from None
+            raise InputError("--tensorboard needs tensorboardX, which is not installed: pip install '.[tensorboard]' "
+                             "in the clone, or pip install tensorboardX (or leave out --tensorboard)") from None
         self.workdir, self.pictures = Path(workdir), pictures
         self.writer = SummaryWriter(str(self.workdir / FOLDER))
 

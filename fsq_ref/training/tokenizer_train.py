@@ -4,7 +4,6 @@ encoding whole datasets to token files, and loading a trained one.
 Legend: B batch, H W image size, C image channels, h w token grid, K codebook size.
 """
 
-import dataclasses
 from pathlib import Path
 
 import equinox as eqx
@@ -131,7 +130,7 @@ class AutoencoderTask:
                              f"{config.autoencoder.channels}: pick a matching --preset or --image-size")
         self.config, self.train_ds, self.eval_ds = config, train_ds, eval_ds
         self.batch_size, self.seed, self.weight_decay = batch_size, seed, weight_decay
-        self.header = {"tokenizer": dataclasses.asdict(config), "data": data_header}
+        self.header = {"tokenizer": config.to_dict(), "data": data_header}
         self.codebook_size = config.quantizer.size
         self.step = make_step(weight_decay, dtype)
 

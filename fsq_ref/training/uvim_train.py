@@ -143,7 +143,7 @@ class OracleTask:
                              f"{config.image_size}: pick a matching --preset or --image-size")
         self.config, self.task, self.weight_decay = config, task, weight_decay
         self.train_ds, self.test_ds = train_ds, test_ds
-        self.header = {"oracle": dataclasses.asdict(config), "dense_task": dense_tasks.to_dict(task),
+        self.header = {"oracle": config.to_dict(), "dense_task": dense_tasks.to_dict(task),
                        "data": data_header}
         self.codebook_size = config.quantizer.size
         self.step = make_oracle_step(task, weight_decay, dtype)
