@@ -171,14 +171,14 @@ def _build() -> dict:
     class NNXResidualFSQ(nnx.Module):
         """Flax NNX `fsq_ref.layers.ResidualFSQ`, with nnx.Linear projections; as the linen `ResidualFSQ`, except
         that quantize dropout is on while the `deterministic` attribute is False (`model.train()`, the default) and
-        its keys come from the "dropout" stream of `rngs` (a fork of it, as `nnx.Dropout` keeps)."""
+        its keys come from the "dropout" stream of `rngs` (the default stream where it has none)."""
 
         def __init__(self, levels, num_stages: int, dim: int | None = None, *, quantize_dropout: bool = False,
                      deterministic: bool = False, rngs: nnx.Rngs | None = None):
             self.levels, self.num_stages, self.dim = fsq.check_levels(levels), num_stages, dim
             self.quantize_dropout, self.deterministic = quantize_dropout, deterministic
             self.project_in, self.project_out = nnx_projections(self._core(), dim, rngs)
-            self.rngs = rngs["dropout"].fork() if quantize_dropout and rngs is not None else None
+            self.rngs = rngs if quantize_dropout else None
 
         def _core(self):
             return _residual_core(self.levels, self.num_stages, self.quantize_dropout)
@@ -191,7 +191,7 @@ def _build() -> dict:
                 if self.rngs is None:
                     raise InputError("quantize dropout draws how many stages each example keeps: pass "
                                      "rngs=nnx.Rngs(...) to the constructor, or call with deterministic=True")
-                key = self.rngs()
+                key = self.rngs.dropout()
             return _quantize(self._core(), x, self.dim, self.project_in, self.project_out, key=key, train=train)
 
         def indices_to_codes(self, indices):

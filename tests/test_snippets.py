@@ -53,6 +53,8 @@ def test_flax_module():
     ns = run("fsq_ref.flax_layers")
     assert ns["out"].shape == (4, 16, 32)
     assert_indices(ns["indices"], (4, 16, 2))
+    assert ns["y"].shape == (4, 16, 32)
+    assert_indices(ns["stages"], (4, 16, 4))
 
 
 def test_equinox_layers():
