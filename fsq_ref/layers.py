@@ -58,6 +58,10 @@ class _FSQLayer(eqx.Module):
         del key
         return None
 
+    def indices_to_output(self, indices: Int[Array, "..."]) -> Float[Array, "... dim"]:
+        """The layer's output that `indices` stand for: the decoder side alone (`indices_to_codes` without state)."""
+        return self.indices_to_codes(indices)
+
 
 class FSQBottleneck(_FSQLayer):
     """dim -> C x len(levels) channels -> FSQ -> back to dim: the bottleneck most models put FSQ in.

@@ -29,7 +29,7 @@ def bounded(z, levels):
     return fsq.bound(z, levels) / np.asarray([l // 2 for l in levels], np.float32)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data(), levels_3up, st.integers(1, 4))
 def test_residual_indices_in_range_and_decoding_gives_the_output(data, levels, stages):
     z = data.draw(latents(levels, 8))
@@ -41,7 +41,7 @@ def test_residual_indices_in_range_and_decoding_gives_the_output(data, levels, s
     assert float(loss) == 0.0
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data(), levels_3up)
 def test_each_residual_stage_lowers_the_error(data, levels):
     z = data.draw(latents(levels, 8))
@@ -65,7 +65,7 @@ def test_residual_error_on_normal_latents_falls_geometrically():
     assert mse[0] > 4 * mse[1] > 16 * mse[2] > 0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.data(), levels_3up, st.integers(2, 4), st.integers(0, 2**31 - 1))
 def test_quantize_dropout_keeps_a_prefix_of_stages(data, levels, stages, seed):
     z = data.draw(latents(levels, 16))
@@ -89,7 +89,7 @@ def test_quantize_dropout_draws_per_example_and_needs_a_key():
         layer(z, train=True)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(st.data(), levels_3up)
 def test_straight_through_gradients_are_the_bounds(data, levels):
     z = data.draw(latents(levels, 4))
@@ -100,7 +100,7 @@ def test_straight_through_gradients_are_the_bounds(data, levels):
         np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(st.data(), st.lists(st.integers(2, 9), min_size=1, max_size=4).map(tuple), st.integers(1, 3))
 def test_bottleneck_without_projection_is_fsq_per_codebook(data, levels, books):
     z = data.draw(st.lists(st.lists(values, min_size=books * len(levels), max_size=books * len(levels)),
@@ -154,6 +154,7 @@ def test_residual_with_projection_decodes_to_dim():
     (out, indices, _, _), _ = layer(x)
     assert out.shape == (8, 512) and indices.shape == (8, 4)
     np.testing.assert_allclose(layer.indices_to_codes(indices), out, atol=1e-5)
+    np.testing.assert_array_equal(layer.indices_to_output(indices), layer.indices_to_codes(indices))
     assert layer.indices_to_codes(indices[:, :2]).shape == (8, 512)
 
 
