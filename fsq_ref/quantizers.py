@@ -46,6 +46,9 @@ class Quantizer(Protocol):
     def indices_to_codes(self, indices: Int[Array, "..."], state: Any = None) -> Float[Array, "... D"]: ...
 
 
+USAGE_METRICS = ("usage", "perplexity")  # the names `usage_metrics` reports
+
+
 def usage_metrics(indices: Int[Array, "..."], codebook_size: int) -> dict[str, Array]:
     """What one call's codes say about codebook use: "usage", the fraction of the K codes that occur in `indices`,
     and "perplexity", exp of the entropy of their distribution (K when all are used equally, 1 for a single code).
@@ -56,9 +59,9 @@ def usage_metrics(indices: Int[Array, "..."], codebook_size: int) -> dict[str, A
     """
     flat = jnp.sort(indices.reshape(-1))
     if flat.size == 0:
-        return {"usage": jnp.zeros((), jnp.float32), "perplexity": jnp.zeros((), jnp.float32)}
+        return dict.fromkeys(USAGE_METRICS, jnp.zeros((), jnp.float32))
     starts = jnp.concatenate([jnp.ones((1,), bool), flat[1:] != flat[:-1]])  # the first of each run of one code
     counts = jax.ops.segment_sum(jnp.ones_like(flat, jnp.float32), jnp.cumsum(starts) - 1, num_segments=flat.size)
     p = counts / flat.size
     entropy = -jnp.sum(jnp.where(counts > 0, p * jnp.log(jnp.where(counts > 0, p, 1.0)), 0.0))
-    return {"usage": jnp.sum(starts, dtype=jnp.float32) / codebook_size, "perplexity": jnp.exp(entropy)}
+    return dict(zip(USAGE_METRICS, (jnp.sum(starts, dtype=jnp.float32) / codebook_size, jnp.exp(entropy))))

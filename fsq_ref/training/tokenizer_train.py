@@ -58,8 +58,8 @@ def make_step(weight_decay: float, dtype: str = "float32"):
 
         (loss, (mse, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
         model, opt_state = train.apply_updates(opt, grads, state.opt_state, state.model, lr)
-        stats = {"loss": loss, "mse": mse, **q.metrics}
-        return TrainState(model, opt_state, qstate), stats, metrics.histogram(q.indices, model.quantizer.codebook_size)
+        diagnostics, hist = train.quantizer_outputs(q, model.quantizer.codebook_size)
+        return TrainState(model, opt_state, qstate), {"loss": loss, "mse": mse, **diagnostics}, hist
 
     return step
 

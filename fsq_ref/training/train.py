@@ -43,6 +43,7 @@ from jax.sharding import Mesh
 from fsq_ref.common import progress
 from fsq_ref.common.errors import InputError
 from fsq_ref.evaluation import metrics
+from fsq_ref.quantizers import USAGE_METRICS, Quantized
 from fsq_ref.training import checkpoint, distributed, finetune, outputs, precision, runlock, stopping
 
 
@@ -107,6 +108,14 @@ def optimizer(weight_decay: float, *, b2: float = 0.99) -> optax.GradientTransfo
     that the schedule (`learning_rate`, whose length may be fixed only once a time budget is known) never forces a
     recompile. MaskGIT uses b2 = 0.96."""
     return optax.chain(optax.scale_by_adam(b1=0.9, b2=b2), optax.add_decayed_weights(weight_decay))
+
+
+def quantizer_outputs(q: Quantized, codebook_size: int) -> tuple[dict, jax.Array]:
+    """What a training step passes on from its quantizer call: the call's diagnostics (its auxiliary losses) for the
+    step's stats, and the histogram of its codes. The loop measures usage over each whole logging interval from the
+    histograms, so the call's own usage metrics are left out, and with them their sort in every step."""
+    diagnostics = {k: v for k, v in q.metrics.items() if k not in USAGE_METRICS}
+    return diagnostics, metrics.histogram(q.indices, codebook_size)
 
 
 def apply_updates(opt: optax.GradientTransformation, grads, opt_state, model, lr, multipliers=None):

@@ -38,7 +38,7 @@ from fsq_ref.evaluation.uvim_eval import (
     stage2_predict,
 )
 from fsq_ref.training import checkpoint, precision
-from fsq_ref.training.train import apply_updates, optimizer
+from fsq_ref.training.train import apply_updates, optimizer, quantizer_outputs
 from fsq_ref.uvim import (
     GuidingCodeLM,
     LMConfig,
@@ -91,8 +91,8 @@ def make_oracle_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: st
 
         (loss, (task_loss, q, qstate)), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(state.model)
         model, opt_state = apply_updates(opt, grads, state.opt_state, state.model, lr)
-        stats = {"loss": loss, "task_loss": task_loss, **q.metrics}
-        return OracleState(model, opt_state, qstate), stats, metrics.histogram(q.indices, model.quantizer.codebook_size)
+        diagnostics, hist = quantizer_outputs(q, model.quantizer.codebook_size)
+        return OracleState(model, opt_state, qstate), {"loss": loss, "task_loss": task_loss, **diagnostics}, hist
 
     return step
 
