@@ -84,6 +84,10 @@ def _build() -> dict:
         raise InputError("the Flax layers need Flax, an optional dependency: pip install '.[flax]' in the clone, or "
                          "pip install flax") from None
 
+    def linen_projections(core, dim):
+        width, projected = _width(core, dim)
+        return (nn.Dense(core.width), nn.Dense(width)) if projected else (None, None)
+
     class FSQBottleneck(nn.Module):
         """Flax linen `fsq_ref.layers.FSQBottleneck`: dim -> C x len(levels) channels -> FSQ -> back to dim.
 
@@ -97,9 +101,7 @@ def _build() -> dict:
         channel_first: bool = False
 
         def setup(self):
-            width, projected = _width(self._core(), self.dim)
-            self.project_in = nn.Dense(self._core().width) if projected else None
-            self.project_out = nn.Dense(width) if projected else None
+            self.project_in, self.project_out = linen_projections(self._core(), self.dim)
 
         def _core(self):
             return _bottleneck_core(self.levels, self.num_codebooks)
@@ -125,9 +127,7 @@ def _build() -> dict:
         quantize_dropout: bool = False
 
         def setup(self):
-            width, projected = _width(self._core(), self.dim)
-            self.project_in = nn.Dense(self._core().width) if projected else None
-            self.project_out = nn.Dense(width) if projected else None
+            self.project_in, self.project_out = linen_projections(self._core(), self.dim)
 
         def _core(self):
             return _residual_core(self.levels, self.num_stages, self.quantize_dropout)
