@@ -44,7 +44,7 @@ class HandBottleneck(eqx.Module):
 class HandResidual(HandBottleneck):
     def __call__(self, x):
         z = x @ self.down.weight.T + self.down.bias
-        half = np.asarray([l // 2 for l in LEVELS], np.float32)
+        half = fsq.half_widths(LEVELS)
         target = fsq.bound(z, LEVELS) / half
         total, residual, digits = 0.0, target, []
         for scale in residual_ratios(LEVELS) ** np.arange(4, dtype=np.float32)[:, None]:

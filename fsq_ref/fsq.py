@@ -49,7 +49,7 @@ def _bound_constants(levels: tuple[int, ...]):
     return half_l, offset, shift
 
 
-def _half_width(levels: tuple[int, ...]) -> np.ndarray:
+def half_widths(levels: tuple[int, ...]) -> np.ndarray:
     return np.asarray([l // 2 for l in levels], np.float32)  # L // 2: the scale from rounded integers to [-1, 1]
 
 
@@ -105,7 +105,7 @@ def quantize_reference(z: Float[Array, "... D"], levels) -> Float[Array, "... D"
     levels = check_levels(levels)
     x = bound(z, levels)
     rounded = x + jax.lax.stop_gradient(jnp.round(x) - x)
-    return (rounded / _half_width(levels)).astype(z.dtype)
+    return (rounded / half_widths(levels)).astype(z.dtype)
 
 
 # The fast, exactly-rounded equivalent: `bound` is increasing, so round(bound(z)) is fixed by how many of the latents
@@ -155,7 +155,7 @@ def digits(z: Float[Array, "... D"], levels) -> Int[Array, "... D"]:
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
 def _quantize_float32(z: Float[Array, "... D"], levels: tuple[int, ...]) -> Float[Array, "... D"]:
-    half_width = _half_width(levels)
+    half_width = half_widths(levels)
     codes = (digits(z, levels).astype(jnp.float32) - half_width) / half_width
     return jnp.where(jnp.isnan(z), z, codes)  # a NaN latent stays NaN, so a diverging run fails loudly
 
@@ -165,7 +165,7 @@ def _quantize_float32_jvp(levels, primals, tangents):
     # The straight-through estimator: rounding passes the gradient of bound(z) / (L // 2) unchanged.
     (z,), (dz,) = primals, tangents
     _, d_bound = jax.jvp(lambda x: bound(x, levels), (z,), (dz,))
-    return _quantize_float32(z, levels), d_bound / _half_width(levels)
+    return _quantize_float32(z, levels), d_bound / half_widths(levels)
 
 
 def quantize(z: Float[Array, "... D"], levels) -> Float[Array, "... D"]:
@@ -192,7 +192,7 @@ def codes_to_indices(codes: Float[Array, "... D"], levels) -> Int[Array, "..."]:
     """
     levels = check_levels(levels)
     _check_channels(codes, levels)
-    half_width = _half_width(levels)
+    half_width = half_widths(levels)
     digits = jnp.round(codes.astype(jnp.float32) * half_width + half_width).astype(jnp.int32)
     return jnp.sum(digits * mixed_radix(levels), axis=-1, dtype=jnp.int32)
 

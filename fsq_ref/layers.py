@@ -166,7 +166,7 @@ class ResidualFSQ(_FSQLayer):
         if x.shape[-1] != self.width:
             raise InputError(f"the last axis of the input must have {self.width} channels; got shape {x.shape}")
         z = _project(self.project_in, x.astype(jnp.float32))
-        half_width = np.asarray([l // 2 for l in self.levels], np.float32)
+        half_width = fsq.half_widths(self.levels)
         top = np.asarray(self.levels, np.float32) - 1
         target = fsq.bound(z, self.levels) / half_width  # the bounded latent every stage together approximates
         digits = [fsq.digits(z, self.levels).astype(jnp.float32)]  # stage 1: FSQ's exact rounding of the bound
@@ -205,7 +205,7 @@ class ResidualFSQ(_FSQLayer):
 
     def _decode_digits(self, stages: Int[Array, "... N D"], keep: Int[Array, "..."]) -> Float[Array, "... D"]:
         """The sum of each example's first `keep` stages (keep broadcasts against the leading axes)."""
-        half_width = np.asarray([l // 2 for l in self.levels], np.float32)
+        half_width = fsq.half_widths(self.levels)
         codes = (stages.astype(jnp.float32) - half_width) / half_width * self.scales()
         kept = jnp.arange(self.num_stages) < keep[..., None]
         return jnp.sum(jnp.where(kept[..., None], codes, 0.0), axis=-2)
