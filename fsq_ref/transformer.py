@@ -21,6 +21,7 @@ import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref.common.errors import InputError
+from fsq_ref.ops import gelu, layer_norm
 
 
 def causal_mask(seq_len: int) -> Bool[Array, "S S"]:
@@ -84,7 +85,7 @@ class FeedForward(eqx.Module):
         self.out = eqx.nn.Linear(mlp_dim, dim, key=out_key)
 
     def __call__(self, x: Float[Array, "S F"]) -> Float[Array, "S F"]:
-        return dense(self.out, jax.nn.gelu(dense(self.hidden, x)))
+        return dense(self.out, gelu(dense(self.hidden, x)))
 
 
 class TransformerBlock(eqx.Module):
@@ -138,13 +139,13 @@ class TransformerBlock(eqx.Module):
         inference = inference or key is None
         self_key, cross_key, mlp_key = (None, None, None) if inference else jr.split(key, 3)
 
-        h = jax.vmap(self.self_norm)(x)
+        h = layer_norm(self.self_norm, x)
         x = x + self._attend(self.self_attn, h, h, mask, self_key, inference)
         if self.cross_attn is not None:
             # The context is attended to as given: it is the output of another stack, which ends in its own LayerNorm.
-            h = jax.vmap(self.cross_norm)(x)
+            h = layer_norm(self.cross_norm, x)
             x = x + self._attend(self.cross_attn, h, context, None, cross_key, inference)
-        h = self.mlp(jax.vmap(self.mlp_norm)(x))
+        h = self.mlp(layer_norm(self.mlp_norm, x))
         return x + self.dropout(h, key=mlp_key, inference=inference)
 
     def start_decoding(self, seq_len: int, context: Float[Array, "T F"] | None = None) -> DecodingCache:
@@ -169,7 +170,7 @@ class TransformerBlock(eqx.Module):
         lets XLA update them in place; updating this block's slice and stacking the slices again copied the whole
         cache at every step."""
         heads = self.self_attn.num_heads
-        h = jax.vmap(self.self_norm)(x)
+        h = layer_norm(self.self_norm, x)
         at = (layer, 0, position, 0)
         keys = jax.lax.dynamic_update_slice(keys, split_heads(self.self_attn.key_proj, h, heads)[None], at)
         values = jax.lax.dynamic_update_slice(values, split_heads(self.self_attn.value_proj, h, heads)[None], at)
@@ -177,10 +178,10 @@ class TransformerBlock(eqx.Module):
         x = x + attend(self.self_attn, split_heads(self.self_attn.query_proj, h, heads), keys[layer], values[layer],
                        visible, inference=True)
         if self.cross_attn is not None:
-            h = jax.vmap(self.cross_norm)(x)
+            h = layer_norm(self.cross_norm, x)
             x = x + attend(self.cross_attn, split_heads(self.cross_attn.query_proj, h, heads), context_keys,
                            context_values, inference=True)
-        x = x + self.mlp(jax.vmap(self.mlp_norm)(x))
+        x = x + self.mlp(layer_norm(self.mlp_norm, x))
         return x, keys, values
 
     def _check_context(self, context: Float[Array, "T F"] | None) -> None:
@@ -230,8 +231,8 @@ class Transformer(eqx.Module):
     ):
         if depth < 1:
             raise InputError(f"depth must be >= 1; got {depth}")
-        # The blocks are stored stacked (every array gains a leading `depth` axis) and run with `lax.scan`, so the
-        # network compiles one block however deep it is.
+        # The blocks are stored stacked (every array gains a leading `depth` axis): one array per parameter, and
+        # token-by-token decoding scans over them.
         self.blocks = eqx.filter_vmap(
             lambda block_key: TransformerBlock(
                 dim=dim,
@@ -257,14 +258,13 @@ class Transformer(eqx.Module):
         """Same arguments as `TransformerBlock.__call__`; each block gets its own dropout key."""
         params, static = eqx.partition(self.blocks, eqx.is_array)
         block_keys = None if inference or key is None else jr.split(key, self.depth)
-
-        def step(x, block_params_and_key):
-            block_params, block_key = block_params_and_key
-            block = eqx.combine(block_params, static)
-            return block(x, context=context, mask=mask, key=block_key, inference=inference), None
-
-        x, _ = jax.lax.scan(step, x, (params, block_keys))
-        return jax.vmap(self.norm)(x)
+        # A Python loop, not `lax.scan`: XLA then sees the whole stack, and the backward pass reads each block's
+        # saved activations where they were made, instead of from arrays stacked over the blocks (docs/choices.md).
+        for i in range(self.depth):
+            block = eqx.combine(jax.tree.map(lambda a: a[i], params), static)
+            x = block(x, context=context, mask=mask, key=None if block_keys is None else block_keys[i],
+                      inference=inference)
+        return layer_norm(self.norm, x)
 
     def start_decoding(self, seq_len: int, context: Float[Array, "T F"] | None = None) -> DecodingCache:
         """An empty cache for `decode_step`, one per block (stacked as the blocks are)."""
@@ -285,4 +285,4 @@ class Transformer(eqx.Module):
 
         per_block = (params, jnp.arange(self.depth), cache.context_keys, cache.context_values)
         (x, keys, values), _ = jax.lax.scan(step, (x[None], cache.keys, cache.values), per_block)
-        return jax.vmap(self.norm)(x)[0], cache._replace(keys=keys, values=values)
+        return layer_norm(self.norm, x)[0], cache._replace(keys=keys, values=values)

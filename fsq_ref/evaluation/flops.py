@@ -1,8 +1,8 @@
 """Model FLOPs of a JAX function: the multiply-adds of its matrix products and convolutions, 2 FLOPs each, counted on
 its jaxpr.
 
-XLA's own cost analysis of a compiled function counts the body of a loop once, whatever its trip count; our
-transformers run their blocks with `lax.scan` and MaskGIT decodes in a `fori_loop`, so it undercounts them by the
+XLA's own cost analysis of a compiled function counts the body of a loop once, whatever its trip count; token-by-token
+decoding scans over the transformer's blocks and MaskGIT decodes in a `fori_loop`, so it undercounts them by the
 depth or the number of steps. Counting on the jaxpr multiplies a scan's body by its length. Elementwise work
 (activations, normalisation, the optimiser) is left out, as model-FLOP-utilisation figures usually do: it is small
 next to the products and its cost is memory traffic, not arithmetic.
