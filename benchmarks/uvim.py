@@ -99,7 +99,8 @@ class Stages:
         self.run(f"{folder.name}/oracle", oracle, lambda log: train(
             oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
             args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
-            args.oracle_steps, *([] if context else ["--no-context"]), log=log))
+            args.oracle_steps, "--dropped-tokens", args.dropped_tokens, *([] if context else ["--no-context"]),
+            log=log))
 
     def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
         """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
@@ -193,6 +194,8 @@ def main():
                              "--encoder-lr-mult`)")
     parser.add_argument("--oracle-preset", default="quick-8x8", help="quick-8x8: a 64-token code; quick: 16 tokens")
     parser.add_argument("--lm-preset", default="quick")
+    parser.add_argument("--dropped-tokens", choices=("zeros", "flag"), default="zeros",
+                        help="how stage I's code dropout shows a dropped token: zeros (UViM's) or zeros and a flag")
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")
     parser.add_argument("--temperature", type=float, default=0.0,

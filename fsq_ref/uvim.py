@@ -6,13 +6,13 @@ Two stages solve a dense-prediction task (`dense_tasks`: depth, colorization, pa
   compresses it into a short discrete code, the guiding code; a decoder rebuilds the output from the code plus the
   input. The code only has to carry what the input does not already tell, so it can be short. The bottleneck is FSQ
   (default levels [7,5,5,5,5], 4375 codes, as in the paper) or the VQ UViM used (EMA dictionary with codebook
-  splitting), the comparison the paper makes. Code dropout (UViM's "random" variant): during training each example
-  keeps a random fraction of its code tokens and the decoder sees the others as absent, so it learns to lean on the
-  context and stays useful when stage II gets some tokens wrong. A "kept" flag channel tells the decoder which tokens
-  are absent, because FSQ's all-zero vector is also a valid code (UViM zeroes dropped VQ codes, which never are).
-  Without context (`OracleConfig.context` False: the paper's context ablation, big_vision's `with_encoder_ctx` and
-  `with_decoder_ctx` off in `models/proj/uvim/vit.py::Model`) neither the encoder nor the decoder sees the input, so
-  the code has to carry the whole output.
+  splitting), the comparison the paper makes. Code dropout (UViM's "random" variant) hides a random fraction of each
+  training example's tokens from the decoder, so that it learns to lean on the context and stays useful when stage II
+  gets tokens wrong. A dropped token's code becomes zeros, as in UViM (big_vision `models/proj/uvim/vit.py::Model`);
+  `OracleConfig.dropped_tokens = "flag"` also gives the decoder a "kept" channel (for FSQ, zeros are a real code, the
+  grid's centre: docs/uvim.md). Without context (`OracleConfig.context` False: the paper's context ablation,
+  big_vision's `with_encoder_ctx` and `with_decoder_ctx` off) the code has to carry the whole output; code dropout
+  stays on.
 - Stage II, the language model: an encoder-decoder transformer reads the input image and predicts the guiding code
   token by token. At inference: image -> stage II code -> stage I decoder (with the image) -> prediction.
 
@@ -22,8 +22,7 @@ the offset exists).
 
 Our stage I is convolutional (the `nets` encoder/decoder) rather than UViM's ViT: at 32x32 pixels a conv net trains
 far faster on a CPU. The code is short, as UViM's: 8x8 = 64 tokens for a 32x32 image with the `quick-8x8` preset
-(one per 4x4 pixels; 4x4 = 16 with `quick`), 16x16 = 256 tokens for 512x512 in UViM's models (one per 32x32); see
-`presets.ORACLE`.
+(4x4 = 16 with `quick`), 16x16 = 256 for 512x512 in UViM's models; see `presets.ORACLE`.
 
 Legend: B batch, H W image size, Cc context channels, Ct target channels, O output channels, h w code grid,
 S = h*w code length, D code dimension, K codebook size, P image patches, F transformer width.
@@ -45,6 +44,7 @@ from fsq_ref.sampling import categorical
 from fsq_ref.transformer import Transformer, causal_mask, dense
 
 START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1
+DROPPED_TOKENS = ("zeros", "flag")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +57,13 @@ class OracleConfig:
     quantizer: QuantizerConfig = QuantizerConfig("fsq", levels=(7, 5, 5, 5, 5))
     code_dropout: bool = True
     context: bool = True  # False: stage I never sees the input (the paper's context ablation)
+    dropped_tokens: str = "zeros"  # how the decoder gets a dropped token: "zeros" (UViM's) or "flag" (zeros + a flag)
 
     def __post_init__(self):
         if self.quantizer.indices_per_position != 1:
             raise InputError("UViM's guiding code has one index per position: leave out --codebooks and --stages")
+        if self.dropped_tokens not in DROPPED_TOKENS:
+            raise InputError(f"dropped tokens must be one of {', '.join(DROPPED_TOKENS)}; got {self.dropped_tokens!r}")
 
     @property
     def grid(self) -> int:
@@ -71,8 +74,9 @@ class OracleConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "OracleConfig":
-        return cls(**{**d, "channel_multipliers": tuple(d["channel_multipliers"]),
-                        "quantizer": QuantizerConfig.from_dict(d["quantizer"])})
+        # Oracles written before the choice existed all had the flag channel.
+        return cls(**{"dropped_tokens": "flag", **d, "channel_multipliers": tuple(d["channel_multipliers"]),
+                      "quantizer": QuantizerConfig.from_dict(d["quantizer"])})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +123,7 @@ class Oracle(eqx.Module):
     head_hidden: eqx.nn.Conv2d
     head_out: eqx.nn.Conv2d
     code_dropout: bool = eqx.field(static=True)
+    flag: bool = eqx.field(static=True)  # the decoder gets a "kept" channel beside each code
 
     def __init__(self, config: OracleConfig, *, context_channels: int, target_channels: int, out_channels: int,
                  key: PRNGKeyArray):
@@ -132,8 +137,10 @@ class Oracle(eqx.Module):
                                 if config.context else None)
         self.encoder = Encoder(in_channels=target_channels + context_channels, out_dim=self.quantizer.dim,
                                key=enc_key, **shape)
-        # Decoder input per code position: the code, its "kept" flag, and the context's features.
-        self.decoder = Decoder(in_dim=self.quantizer.dim + 1 + config.context_dim * config.context,
+        # Decoder input per code position: the code (zeros where dropped), its "kept" flag if asked for, and the
+        # context's features.
+        self.flag = config.dropped_tokens == "flag"
+        self.decoder = Decoder(in_dim=self.quantizer.dim + self.flag + config.context_dim * config.context,
                                out_channels=config.base_filters, key=dec_key, **shape)
         # The full-resolution context joins again at the end, so fine detail need not pass through the code.
         self.head_hidden = eqx.nn.Conv2d(config.base_filters + context_channels, config.base_filters, 3, padding=1,
@@ -154,7 +161,7 @@ class Oracle(eqx.Module):
                context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
         flag = kept[..., None].astype(codes.dtype)
         features = [jax.vmap(self.context_encoder)(c) for c in self._context(context)]
-        x = jnp.concatenate([codes * flag, flag, *features], axis=-1)
+        x = jnp.concatenate([codes * flag, *([flag] if self.flag else []), *features], axis=-1)
         x = jnp.concatenate([jax.vmap(self.decoder)(x), *self._context(context)], axis=-1)
         return jax.vmap(lambda x: _channels_last(self.head_out(jax.nn.swish(self.head_hidden(_hw(x))))))(x)
 
@@ -259,16 +266,6 @@ def _positions(config: LMConfig, length: int, key: PRNGKeyArray) -> Float[Array,
     if config.positions == "sincos":
         return sincos_positions(int(round(length**0.5)), config.dim)
     raise InputError(f"unknown positions {config.positions!r}: use normal or sincos")
-
-
-def learning_rate_multipliers(lm: GuidingCodeLM, image_encoder: float):
-    """Per-array learning-rate multipliers for `train.apply_updates`: `image_encoder` for the part that reads the
-    image (patch embedding, positions, encoder transformer), 1 for the code decoder. big_vision's UViM stage-II
-    configs scale their ImageNet-pretrained encoder's rate by 0.1 (`lr_mults` in
-    `configs/proj/uvim/train_nyu_depth_pretrained.py`); ours is trained from scratch."""
-    ones = jax.tree.map(lambda _: 1.0, eqx.filter(lm, eqx.is_array))
-    return eqx.tree_at(lambda m: (m.patches, m.encoder_positions, m.encoder), ones,
-                       replace_fn=lambda part: jax.tree.map(lambda _: image_encoder, part))
 
 
 @eqx.filter_jit

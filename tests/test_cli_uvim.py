@@ -210,14 +210,16 @@ def test_the_colour_fd_analysis_splits_evals_distance_and_refuses_other_tasks(lm
             colour_fd.main()
 
 
-@pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split"]),
+@pytest.mark.parametrize("task, options", [("depth", ["--quantizer", "vq-split", "--dropped-tokens", "flag"]),
                                            ("colorization", ["--quantizer", "vq-nosplit", "--no-context"])])
 def test_other_tasks_train_and_predict_from_the_oracle(task, options, tmp_path):
     workdir = tmp_path / task
     result = invoke("train", "uvim-oracle", "--task", task, *DATA, *options, "--codebook-size", 64, "--steps", 3,
                     "--workdir", workdir)
     assert result.exit_code == 0, result.output
-    context = "without image context, code dropout off" if "--no-context" in options else "with image context"
+    # Without context, code dropout stays on: the ablation changes the context alone.
+    context = ("without image context, code dropout on (dropped tokens: zeros)" if "--no-context" in options
+               else "with image context, code dropout on (dropped tokens: flag)")
     assert context in result.output
     assert context.split(",")[0] in invoke("info", workdir).output  # recorded in the run's header
     out = tmp_path / "preds.npz"

@@ -99,6 +99,29 @@ def test_decode_code_of_encode_target_is_the_oracle_reconstruction(task, scenes,
         np.testing.assert_array_equal(np.asarray(direct), np.asarray(via_interface))
 
 
+def test_a_dropped_token_is_zeros_and_only_the_flag_form_tells_the_decoder(scenes, key):
+    task = dense_tasks.make("depth", scenes)
+    batch = scenes.batch(np.arange(2))
+    context = task.context(batch)
+    zeros = jnp.zeros((2, TINY.grid, TINY.grid, 4))  # FSQ [8,5,5,5]: the all-zero vector is the grid's centre code
+    codes = zeros.at[:, 0, 0].set(0.5)
+    kept = jnp.ones(codes.shape[:3], bool).at[:, 0, 0].set(False)
+    quantizer = QuantizerConfig("fsq", levels=(8, 5, 5, 5))
+    outputs = {}
+    for form in uvim.DROPPED_TOKENS:
+        config = dataclasses.replace(TINY, quantizer=quantizer, dropped_tokens=form)
+        model = uvim_train.init_oracle_state(config, task, 1e-4, key=key).model
+        outputs[form] = [np.asarray(model.decode(c, k, context)) for c, k in ((codes, kept), (zeros, jnp.ones_like(kept)))]
+    # UViM's form: dropping the token is decoding the centre code there; with the flag, the decoder sees the difference.
+    np.testing.assert_array_equal(*outputs["zeros"])
+    assert np.abs(outputs["flag"][0] - outputs["flag"][1]).max() > 1e-6
+    with pytest.raises(InputError, match="dropped tokens must be one of zeros, flag"):
+        dataclasses.replace(TINY, dropped_tokens="mask")
+    # Oracles written before the choice existed had the flag channel, and load with it.
+    old = {k: v for k, v in TINY.to_dict().items() if k != "dropped_tokens"}
+    assert uvim.OracleConfig.from_dict(old).dropped_tokens == "flag"
+
+
 @pytest.mark.slow  # builds and compiles an oracle; test_cli_uvim trains one without context by default
 def test_an_oracle_without_context_never_reads_the_input(scenes, key):
     task = dense_tasks.make("depth", scenes)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import dense_tasks, quantizer_config
+from fsq_ref import dense_tasks, quantizer_config, uvim
 from fsq_ref.cli.options import int_list, run_training, save_npz, with_options, with_training_options
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense
@@ -14,8 +14,11 @@ from fsq_ref.evaluation import runs, uvim_eval
 from fsq_ref.training import checkpoint, presets, train, uvim_train
 
 UVIM_QUANTIZERS = ("fsq", "vq-split", "vq-nosplit", "vq")
-DEFAULT_LEVELS = (7, 5, 5, 5, 5)  # the paper's UViM levels (4375 codes)
-DEFAULT_VQ_SIZE = 4096  # UViM's dictionary
+# The defaults are the configuration of the results pages (docs/uvim.md): an 8x8 code (`quick-8x8`) of FSQ [8,5,5,5]
+# (1000 codes) or a 1024-code VQ. The paper's UViM uses [7,5,5,5,5] (4375 codes) and VQ 4096 on 256-token codes of
+# far more images; on the 8192 scenes a 4375-code FSQ used 62% of its codes, a 1000-code one over 95%.
+DEFAULT_LEVELS = (8, 5, 5, 5)
+DEFAULT_VQ_SIZE = 1024
 
 with_dense_data_options = with_options([
     click.option("--data", "data_spec", default=None,
@@ -39,39 +42,42 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
 @click.option("--quantizer", type=click.Choice(UVIM_QUANTIZERS), default="fsq", show_default=True,
               help="fsq; vq-split (UViM's: EMA dictionary with codebook splitting); vq-nosplit (the same without "
                    "splitting); vq (codebook + commitment loss)")
-@click.option("--levels", default=None, help="FSQ levels (default: levels_for(--codebook-size), else the paper's "
-              "UViM levels 7,5,5,5,5)")
+@click.option("--levels", default=None, help="FSQ levels (default: levels_for(--codebook-size), else 8,5,5,5; the "
+              "paper's UViM used 7,5,5,5,5)")
 @click.option("--codebook-size", type=int, default=None,
               help=f"VQ codebook size (default {DEFAULT_VQ_SIZE}); for FSQ, picks the paper's levels for that size")
-@click.option("--preset", type=click.Choice(presets.ORACLE), default="quick", show_default=True, help="network size")
+@click.option("--preset", type=click.Choice(presets.ORACLE), default="quick-8x8", show_default=True,
+              help="network size and code grid (quick-8x8: 64 tokens; quick: 16)")
 @click.option("--context/--no-context", default=True, show_default=True,
               help="--no-context: stage I never sees the input image (the paper's context ablation)")
-@click.option("--code-dropout/--no-code-dropout", default=None, help="default: on with context, off without")
+@click.option("--code-dropout/--no-code-dropout", default=True, show_default=True,
+              help="UViM's random code dropout in training, with or without context (as big_vision's configs)")
+@click.option("--dropped-tokens", type=click.Choice(uvim.DROPPED_TOKENS), default="zeros", show_default=True,
+              help="what the decoder gets for a dropped token: zeros (UViM's), or zeros and a \"kept\" flag channel")
 @click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
               help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
-                 depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every, workdir, resume,
-                 init_from, tensorboard):
+                 dropped_tokens, depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every,
+                 workdir, resume, init_from, tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
     Example:
-      fsq train uvim-oracle --task depth --data scenes --time-limit 240 --workdir runs/uvim/depth-oracle
+      fsq train uvim-oracle --task depth --data scenes --steps 600 --workdir runs/uvim/depth-oracle
     """
-    levels = tuple(int_list(levels, "--levels", "7,5,5,5,5")) if levels is not None else None
+    levels = tuple(int_list(levels, "--levels", "8,5,5,5")) if levels is not None else None
     q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size,
                                       default_levels=DEFAULT_LEVELS, default_vq_size=DEFAULT_VQ_SIZE)
-    # Without context, code dropout would only hide part of the output from a decoder that has nothing else to go on.
-    code_dropout = context if code_dropout is None else code_dropout
     config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,
-                                 context=context)
+                                 context=context, dropped_tokens=dropped_tokens)
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
                                        seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head)
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
                f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
-               f"{'with' if context else 'without'} image context, code dropout {'on' if code_dropout else 'off'}")
+               f"{'with' if context else 'without'} image context, code dropout "
+               f"{f'on (dropped tokens: {dropped_tokens})' if code_dropout else 'off'}")
     run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
 

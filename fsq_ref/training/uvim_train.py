@@ -17,6 +17,7 @@ import dataclasses
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -46,7 +47,6 @@ from fsq_ref.uvim import (
     OracleConfig,
     code_dropout_mask,
     code_nll,
-    learning_rate_multipliers,
     teacher_forced_logits,
 )
 
@@ -102,6 +102,16 @@ def init_lm_state(config: LMConfig, oracle: OracleConfig, task: dense_tasks.Dens
     model = GuidingCodeLM(config, image_size=oracle.image_size, in_channels=task.context_channels,
                           code_length=oracle.grid**2, codebook_size=oracle.quantizer.size, key=key)
     return LMState(model, optimizer(weight_decay).init(eqx.filter(model, eqx.is_array)))
+
+
+def learning_rate_multipliers(lm: GuidingCodeLM, image_encoder: float):
+    """Per-array learning-rate multipliers for `train.apply_updates`: `image_encoder` for the part that reads the
+    image (patch embedding, positions, encoder transformer), 1 for the code decoder. big_vision's UViM stage-II
+    configs scale their ImageNet-pretrained encoder's rate by 0.1 (`lr_mults` in
+    `configs/proj/uvim/train_nyu_depth_pretrained.py`); ours is trained from scratch."""
+    ones = jax.tree.map(lambda _: 1.0, eqx.filter(lm, eqx.is_array))
+    return eqx.tree_at(lambda m: (m.patches, m.encoder_positions, m.encoder), ones,
+                       replace_fn=lambda part: jax.tree.map(lambda _: image_encoder, part))
 
 
 def make_lm_step(task: dense_tasks.DenseTask, weight_decay: float, dtype: str = "float32",
