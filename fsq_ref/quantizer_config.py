@@ -27,7 +27,8 @@ class QuantizerConfig:
 
     kind: "fsq" (levels); "vq" (codebook + commitment loss, MaskGIT's VQ without its entropy term); "vq-entropy"
     (plus MaskGIT's entropy loss, weight 0.1); "vq-split" (UViM's stage-I VQ, big_vision's
-    `models/proj/uvim/vit.py::Model.encode`: EMA dictionary, momentum 0.995, latents standardised per token,
+    `models/proj/uvim/vit.py::Model.encode`: EMA dictionary, momentum `ema_decay` (UViM's 0.995; `vq.scaled_decay`
+    gives a shorter run the same dynamics as a fraction of training), latents standardised per token,
     l2-normalised codewords, no commitment loss, dead codes split off the most used one when their discounted count
     falls under 0.1); "vq-nosplit" (the same without splitting: the paper's "VQ without splitting" ablation).
 
@@ -42,6 +43,7 @@ class QuantizerConfig:
     vq_dim: int = 16  # VQ codeword size
     codebooks: int = 1  # FSQ only: codes per position
     stages: int = 1  # FSQ only: residual stages
+    ema_decay: float = vq.UVIM_DECAY  # "vq-split" and "vq-nosplit" only: the EMA dictionary's decay per step
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -53,6 +55,8 @@ class QuantizerConfig:
                              f"codebooks and {self.stages} stages")
         if self.kind != "fsq" and self.codebooks * self.stages > 1:
             raise InputError("--codebooks and --stages are for FSQ; leave them out for VQ")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise InputError(f"the EMA dictionary's decay must be in (0, 1); got {self.ema_decay}")
 
     @property
     def indices_per_position(self) -> int:
@@ -68,7 +72,8 @@ class QuantizerConfig:
             many = f", {self.codebooks} codebooks" if self.codebooks > 1 else ""
             many += f", {self.stages} residual stages" if self.stages > 1 else ""
             return f"fsq, levels {list(self.levels)} ({self.size} codes){many}"
-        return f"{self.kind}, {self.size} codes of {self.vq_dim} channels"
+        decay = f", EMA decay {self.ema_decay:.4g}" if self.kind in ("vq-split", "vq-nosplit") else ""
+        return f"{self.kind}, {self.size} codes of {self.vq_dim} channels{decay}"
 
     def build(self, *, key: PRNGKeyArray) -> fsq.FSQ | layers.FSQBottleneck | layers.ResidualFSQ | vq.VQ:
         if self.kind == "fsq" and self.stages > 1:
@@ -77,7 +82,7 @@ class QuantizerConfig:
             return layers.FSQBottleneck(self.levels, num_codebooks=self.codebooks)
         if self.kind == "fsq":
             return fsq.FSQ(self.levels)
-        uvim = {"ema_decay": 0.995, "l2_normalize": True, "standardize": True, "commitment": 0.0}
+        uvim = {"ema_decay": self.ema_decay, "l2_normalize": True, "standardize": True, "commitment": 0.0}
         options = {
             "vq": {},
             "vq-entropy": {"entropy_weight": 0.1},
@@ -87,9 +92,9 @@ class QuantizerConfig:
         return vq.VQ(self.codebook_size, self.vq_dim, key=key, **options)
 
     def to_dict(self) -> dict:
-        """The config for a header: every field, less `codebooks` and `stages` where they are 1."""
-        d = dataclasses.asdict(self)
-        return {k: v for k, v in d.items() if not (k in ("codebooks", "stages") and v == 1)}
+        """The config for a header: every field, less `codebooks`, `stages` and `ema_decay` at their defaults."""
+        defaults = {"codebooks": 1, "stages": 1, "ema_decay": vq.UVIM_DECAY}
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in defaults and v == defaults[k])}
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantizerConfig:

@@ -1,5 +1,7 @@
 """Properties of the VQ baseline: nearest-neighbour lookup, gradients, EMA dictionary, splitting, data parallelism."""
 
+import math
+
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import jax
@@ -92,9 +94,11 @@ def test_after_splitting_no_code_is_dead(seed, K):
     counts = jnp.where(jr.uniform(k1, (K,)) < 0.5, 0.0, 1.0 + 100 * jr.uniform(k2, (K,)))
     counts = counts.at[0].set(500.0)  # enough mass to lift every code over the threshold
     state = vq.VQState(jr.normal(k1, (K, 3)), counts)
-    split = vq.split_dead_codes(state, 0.1, k2)
+    split, splits = vq.split_dead_codes(state, 0.1, k2)
     assert jnp.all(split.counts >= 0.1)
     np.testing.assert_allclose(jnp.sum(split.counts), jnp.sum(counts), rtol=1e-5)  # mass is conserved
+    # Each split lifts one dead code, and may leave the most used code's half under the threshold in turn.
+    assert int(splits) >= int(jnp.sum(counts < 0.1))
 
 
 def test_training_with_splitting_revives_a_collapsed_dictionary(key):
@@ -107,6 +111,24 @@ def test_training_with_splitting_revives_a_collapsed_dictionary(key):
         state = step(z, state, jr.key(1000 + i))
     out, _ = q(jr.normal(jr.key(9999), (4096, 2)) * 2.0, state)
     assert len(np.unique(out.indices)) == 16
+
+
+def test_the_first_split_comes_when_an_unpicked_count_crosses_the_threshold(key):
+    # Counts start at 1 and a code no latent picks decays geometrically: at UViM's 0.995 it crosses 0.1 at step 460,
+    # 5% of big_vision's 9294 NYU-depth steps; the decay scaled to 600 steps puts it at the same 5%, step 30.
+    for steps, first in ((vq.UVIM_STEPS, 460), (600, 30)):
+        decay = vq.scaled_decay(steps)
+        assert math.ceil(math.log(0.1) / math.log(decay)) == first
+    q = vq.VQ(4, 2, ema_decay=vq.scaled_decay(600), split_threshold=0.1, standardize=True, key=key)
+    state = q.init_state(key=key)
+    # Every latent is the same vector, so one code takes them all and the other three are never picked.
+    z = jnp.tile(jnp.array([[1.0, -1.0]]), (64, 1))
+    step = jax.jit(lambda s, k: q(z, s, key=k, train=True))
+    splits = []
+    for i in range(40):
+        out, state = step(state, jr.key(i))
+        splits.append(float(out.metrics["vq_splits"]))
+    assert splits[:29] == [0.0] * 29 and splits[29] == 3.0  # the three unpicked codes split off at step 30
 
 
 def test_uvim_vq_standardises_each_token_and_has_no_commitment_loss(key):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fsq_ref import dense_tasks, quantizer_config, uvim
+from fsq_ref import dense_tasks, quantizer_config, uvim, vq
 from fsq_ref.cli.options import int_list, run_training, save_npz, with_options, with_training_options
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense
@@ -54,11 +54,15 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
               help="UViM's random code dropout in training, with or without context (as big_vision's configs)")
 @click.option("--dropped-tokens", type=click.Choice(uvim.DROPPED_TOKENS), default="zeros", show_default=True,
               help="what the decoder gets for a dropped token: zeros (UViM's), or zeros and a \"kept\" flag channel")
+@click.option("--vq-decay", type=float, default=None,
+              help="vq-split, vq-nosplit: the EMA dictionary's decay per step; default: UViM's 0.995 scaled to --steps, "
+                   "so that splitting starts at 5%% of training as in big_vision (0.9253 for 600 steps); 0.995 when "
+                   "only --time-limit is given")
 @click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
               help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
-                 dropped_tokens, depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every,
+                 dropped_tokens, vq_decay, depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every,
                  workdir, resume, init_from, tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
@@ -69,6 +73,11 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
     levels = tuple(int_list(levels, "--levels", "8,5,5,5")) if levels is not None else None
     q = quantizer_config.from_options(quantizer, levels=levels, codebook_size=codebook_size,
                                       default_levels=DEFAULT_LEVELS, default_vq_size=DEFAULT_VQ_SIZE)
+    if q.kind in ("vq-split", "vq-nosplit"):
+        decay = vq_decay or (vq.scaled_decay(steps) if steps else vq.UVIM_DECAY)
+        q = dataclasses.replace(q, ema_decay=decay)
+    elif vq_decay is not None:
+        raise InputError("--vq-decay is for --quantizer vq-split or vq-nosplit (the EMA dictionary)")
     config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,
                                  context=context, dropped_tokens=dropped_tokens)
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
