@@ -51,6 +51,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--preset", default="quick")
+    parser.add_argument("--mirror", action="store_true",
+                        help="also train on the mirror images (`fsq train uvim-lm --mirror`)")
     parser.add_argument("--workdir", default="runs/stage2-schedule")
     args = parser.parse_args()
 
@@ -71,7 +73,7 @@ def main():
             task = uvim_train.LMTask(presets.pick(presets.LM, args.preset), args.oracle, train_ds, validation,
                                      batch_size=args.batch_size, seed=0, weight_decay=loop.weight_decay,
                                      data_header={"spec": data_spec, "data_dir": data_dir, "seed": recorded["seed"],
-                                                  "held_out": args.held_out})
+                                                  "held_out": args.held_out}, mirror=args.mirror)
             train.run(task, folder, loop)
         records = curve(folder)
         metric = next(k for k in records[-1] if k not in ("step", "split", "seconds", "heldout_loss",

@@ -134,11 +134,14 @@ class Stages:
 
 def stage2_options(args) -> list:
     """The `fsq train uvim-lm` options every stage II of a table shares. The image encoder's learning-rate multiplier
-    is passed only where it is not 1, so that stages trained before the option existed are still reused."""
+    and `--mirror` are passed only where they are not the default, so that stages trained before the options existed
+    are still reused."""
     options = ["--preset", args.lm_preset, "--steps", args.lm_steps, "--learning-rate", args.lm_learning_rate,
                "--eval-every", args.lm_steps]
     if args.lm_encoder_lr_mult != 1:
         options += ["--encoder-lr-mult", args.lm_encoder_lr_mult]
+    if args.lm_mirror:
+        options.append("--mirror")
     return options
 
 
@@ -192,6 +195,8 @@ def main():
     parser.add_argument("--lm-encoder-lr-mult", type=float, default=1.0,
                         help="stage II's image-encoder learning rate as a multiple of the peak (`fsq train uvim-lm "
                              "--encoder-lr-mult`)")
+    parser.add_argument("--lm-mirror", action="store_true",
+                        help="stage II also trains on the mirror images (`fsq train uvim-lm --mirror`)")
     parser.add_argument("--oracle-preset", default="quick-8x8", help="quick-8x8: a 64-token code; quick: 16 tokens")
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--dropped-tokens", choices=("zeros", "flag"), default="zeros",

@@ -124,13 +124,15 @@ def fake_stages(monkeypatch):
 def _args(**overrides):
     return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
                         "dropped_tokens": "zeros", "lm_preset": "quick", "lm_steps": 7, "lm_learning_rate": LM_LEARNING_RATE,
-                        "lm_encoder_lr_mult": LM_ENCODER_LR_MULT, "seeds": 2,
+                        "lm_encoder_lr_mult": LM_ENCODER_LR_MULT, "lm_mirror": False, "seeds": 2,
                         "temperature": 0.0, **overrides})
 
 
-def test_stage_two_is_given_the_encoder_multiplier_only_where_it_is_not_one():
+def test_stage_two_is_given_the_encoder_multiplier_and_mirror_only_where_they_are_not_the_default():
     import uvim as uvim_bench
 
+    assert "--mirror" not in uvim_bench.stage2_options(_args())
+    assert "--mirror" in uvim_bench.stage2_options(_args(lm_mirror=True))
     assert "--encoder-lr-mult" not in uvim_bench.stage2_options(_args(lm_encoder_lr_mult=1.0))
     options = uvim_bench.stage2_options(_args(lm_encoder_lr_mult=0.3))
     assert options[options.index("--encoder-lr-mult") + 1] == 0.3

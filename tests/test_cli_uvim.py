@@ -15,6 +15,7 @@ from PIL import Image
 
 from fsq_ref import uvim
 from fsq_ref.common.errors import InputError
+from fsq_ref.data import dense
 from fsq_ref.evaluation import runs, uvim_eval
 from fsq_ref.training import uvim_train
 
@@ -238,6 +239,29 @@ def test_stage_two_reads_its_oracles_codes_from_the_cache(oracle, lm, monkeypatc
     monkeypatch.undo()
     np.testing.assert_array_equal(again.test_coded.codes,
                                   uvim_eval.predict(None, models.oracle, models.qstate, models.task, test_ds)[1])
+
+
+def test_stage_two_with_mirror_images_trains_on_their_own_codes(oracle, lm, tmp_path):
+    result = invoke("train", "uvim-lm", "--oracle", oracle, "--preset", "tiny", "--batch-size", 8, "--steps", 2,
+                    "--mirror", "--workdir", tmp_path / "lm")
+    assert result.exit_code == 0, result.output
+    assert "64 train and their mirror images" in result.output
+    models = runs.uvim_models(lm)
+    train_ds, test_ds = (runs.dense_data(models.header, None, None, split) for split in ("train", "test"))
+    task = uvim_train.LMTask(uvim.LMConfig(**models.header["task"]["lm"]), oracle, train_ds, test_ds, batch_size=8,
+                             seed=1, weight_decay=0.0, data_header={}, mirror=True)
+    assert task.header["mirror"] is True
+    # Every training batch draws from the examples and their mirror images, each with the oracle's code of what it
+    # shows (not the original's code reused), and one pass over the data covers all 128.
+    mirrors = dense.with_mirrors(train_ds)
+    codes = uvim_eval.codes_of(models.oracle, models.qstate, models.task, mirrors)
+    assert not np.array_equal(codes[:64], codes[64:])
+    seen = []
+    for _, batch in zip(range(16), task.batches(0)):
+        idx = [int(np.flatnonzero((mirrors.images == image).all(axis=(1, 2, 3)))[0]) for image in batch["image"]]
+        np.testing.assert_array_equal(batch["code"], codes[idx])
+        seen += idx
+    assert sorted(seen) == list(range(128))
 
 
 def test_sampling_draws_anew_in_every_batch(lm):

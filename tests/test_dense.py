@@ -97,6 +97,19 @@ def test_scenes_contract(ds):
     np.testing.assert_array_equal(batch["image"], ds.images[[3, 1]])
 
 
+def test_with_mirrors_appends_each_example_mirrored_with_its_labels(ds):
+    small = dense.load("scenes:5", "train")
+    both = dense.with_mirrors(small)
+    assert len(both) == 10 and both.class_names == small.class_names and both.max_depth == small.max_depth
+    for name in ("images", "depth", "semantic", "instance"):
+        array, doubled = getattr(small, name), getattr(both, name)
+        np.testing.assert_array_equal(doubled[:5], array)
+        np.testing.assert_array_equal(doubled[5:, :, ::-1], array)  # mirrored back, each is its original
+    # a label stays with its pixel: the class at (row, 0) of a mirror image is the original's at (row, W - 1)
+    np.testing.assert_array_equal(both.semantic[7, 3, 0], small.semantic[2, 3, -1])
+    np.testing.assert_array_equal(dense.canonical_instances(both.semantic, both.instance, (2, 3, 4)), both.instance)
+
+
 def test_scenes_are_deterministic_and_splits_differ(ds):
     again = dense.load("scenes:40", "train")
     np.testing.assert_array_equal(again.images, ds.images[:40])  # and a shorter set is a prefix of a longer one

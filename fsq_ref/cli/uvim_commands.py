@@ -99,8 +99,10 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
 @with_training_options(batch_size=32, learning_rate=1e-3)
 @click.option("--encoder-lr-mult", type=float, default=1.0, show_default=True,
               help="the image encoder's learning rate relative to --learning-rate (the code decoder's)")
+@click.option("--mirror/--no-mirror", default=False, show_default=True,
+              help="also train on each example's left-right mirror image (UViM's random flip), with its own code")
 def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_size, learning_rate, seed, dtype,
-             eval_every, workdir, resume, init_from, tensorboard, encoder_lr_mult):
+             eval_every, workdir, resume, init_from, tensorboard, encoder_lr_mult, mirror):
     """Train UViM's stage II: an encoder-decoder transformer that predicts the oracle's guiding code from the input.
 
     \b
@@ -117,8 +119,9 @@ def train_lm(oracle_dir, data_spec, data_dir, preset, steps, time_limit, batch_s
     task = uvim_train.LMTask(presets.pick(presets.LM, preset), oracle_dir, train_ds, test_ds, batch_size=batch_size,
                              seed=seed, weight_decay=loop.weight_decay,
                              data_header={"spec": data_spec, "data_dir": data_dir, "seed": recorded["seed"]},
-                             dtype=loop.dtype, encoder_lr_mult=encoder_lr_mult)
-    click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec} ({len(train_ds)} train and "
+                             dtype=loop.dtype, encoder_lr_mult=encoder_lr_mult, mirror=mirror)
+    click.echo(f"UViM stage II ({preset}) for {task.task.name} on {data_spec} ({len(train_ds)} train"
+               f"{' and their mirror images' if mirror else ''} and "
                f"{len(test_ds)} test examples): predicting codes of {task.oracle_config.grid ** 2} tokens from "
                f"{task.codebook_size}, of an oracle {'with' if task.oracle_config.context else 'without'} image "
                "context")

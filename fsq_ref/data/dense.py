@@ -85,6 +85,17 @@ class DenseData:
         return all(getattr(self, name) is not None for name in TASKS[task])
 
 
+def with_mirrors(ds: DenseData) -> DenseData:
+    """`ds` followed by its left-right mirror images (2N examples), each label map mirrored with its image: the
+    horizontal flip that UViM's stage II draws at random per example, made once so that each mirror image keeps one
+    guiding code (the oracle's code is not mirror-symmetric, so a mirrored example needs its own)."""
+    def doubled(array):
+        return None if array is None else np.concatenate([array, array[:, :, ::-1]])
+
+    return dataclasses.replace(ds, images=doubled(ds.images), depth=doubled(ds.depth),
+                               semantic=doubled(ds.semantic), instance=doubled(ds.instance))
+
+
 def canonical_instances(semantic: np.ndarray, instance: np.ndarray, thing_classes) -> np.ndarray:
     """Renumbers instance ids to the convention of the module docstring: int32 [..., H, W], every pixel >= 1.
 

@@ -2,8 +2,9 @@
 
 Stage I trains on (input, target) pairs of a `dense.DenseData`. Stage II needs the guiding code of every training
 target: it is computed once, with the trained oracle, when stage II starts, and kept in the disk cache (`cache`) for
-the next stage II on that oracle (UViM computes it on the fly because it augments its data; we do not augment, so the
-codes never change). Both stages use AdamW with the loop's warm-up and cosine schedule.
+the next stage II on that oracle (UViM computes it on the fly because it augments its data). Stage II may see each
+training example and its mirror image (`mirror`, UViM's random horizontal flip): the mirrored examples get their own
+codes, cached the same way. Both stages use AdamW with the loop's warm-up and cosine schedule.
 
 Evaluation during training runs over the whole test split (`uvim_eval`) and reports the task's metric
 (`dense_tasks`), the codebook usage of the codes involved, and, for stage II, the token accuracy against the oracle's
@@ -192,7 +193,7 @@ class LMTask:
 
     def __init__(self, config: LMConfig, oracle_dir: str | Path, train_ds: dense.DenseData,
                  test_ds: dense.DenseData, *, batch_size: int, seed: int, weight_decay: float, data_header: dict,
-                 dtype: str = "float32", encoder_lr_mult: float = 1.0):
+                 dtype: str = "float32", encoder_lr_mult: float = 1.0, mirror: bool = False):
         if encoder_lr_mult <= 0:
             raise InputError(f"--encoder-lr-mult must be > 0; got {encoder_lr_mult}")
         self.oracle, self.qstate, self.task, oracle_header = load_oracle(oracle_dir)
@@ -214,6 +215,9 @@ class LMTask:
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header,
                        "encoder_lr_mult": encoder_lr_mult}
+        if mirror:  # recorded only when on, so that runs from before the option still resume
+            self.header["mirror"] = True
+            train_ds = dense.with_mirrors(train_ds)
         self.step = make_lm_step(self.task, weight_decay, dtype, encoder_lr_mult)
         train_coded, self.test_coded = coded(train_ds), coded(test_ds)
         self.batches = lambda start: datasets.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
