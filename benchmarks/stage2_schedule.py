@@ -13,7 +13,6 @@ A variant's folder (under --workdir) is reused once finished.
 """
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 
@@ -24,12 +23,7 @@ from fsq_ref.training import checkpoint, presets, train, uvim_train
 
 def split(ds: dense.DenseData, held_out: int) -> tuple[dense.DenseData, dense.DenseData]:
     """(all but the last `held_out` examples, the last `held_out`)."""
-    arrays = ("images", "depth", "semantic", "instance")
-
-    def part(s: slice) -> dense.DenseData:
-        return dataclasses.replace(ds, **{a: getattr(ds, a)[s] for a in arrays if getattr(ds, a) is not None})
-
-    return part(slice(None, -held_out)), part(slice(-held_out, None))
+    return ds.map(lambda array: array[:-held_out]), ds.map(lambda array: array[-held_out:])
 
 
 def curve(folder: Path) -> list[dict]:

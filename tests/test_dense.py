@@ -97,7 +97,7 @@ def test_scenes_contract(ds):
     np.testing.assert_array_equal(batch["image"], ds.images[[3, 1]])
 
 
-def test_with_mirrors_appends_each_example_mirrored_with_its_labels(ds):
+def test_with_mirrors_appends_each_example_mirrored_with_its_labels():
     small = dense.load("scenes:5", "train")
     both = dense.with_mirrors(small)
     assert len(both) == 10 and both.class_names == small.class_names and both.max_depth == small.max_depth

@@ -46,6 +46,9 @@ def valid_depth(depth, max_depth: float):
     return (depth > 0) & (depth <= max_depth)  # NaN compares false; +inf is above the range
 
 
+ARRAYS = ("images", "depth", "semantic", "instance")  # DenseData's per-example arrays
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseData:
     """Images with dense labels, all in memory. Label maps that a source lacks are None.
@@ -78,6 +81,11 @@ class DenseData:
         maps = {"image": self.images, "depth": self.depth, "semantic": self.semantic, "instance": self.instance}
         return {name: array[idx] for name, array in maps.items() if array is not None}
 
+    def map(self, fn) -> "DenseData":
+        """The same data with `fn` applied to the images and to each label map present (e.g. a slice of examples)."""
+        return dataclasses.replace(self, **{name: fn(getattr(self, name)) for name in ARRAYS
+                                            if getattr(self, name) is not None})
+
     def has(self, task: str) -> bool:
         """Whether this data has the labels that `task` ("depth", "colorization" or "panoptic") needs."""
         if task not in TASKS:
@@ -89,11 +97,7 @@ def with_mirrors(ds: DenseData) -> DenseData:
     """`ds` followed by its left-right mirror images (2N examples), each label map mirrored with its image: the
     horizontal flip that UViM's stage II draws at random per example, made once so that each mirror image keeps one
     guiding code (the oracle's code is not mirror-symmetric, so a mirrored example needs its own)."""
-    def doubled(array):
-        return None if array is None else np.concatenate([array, array[:, :, ::-1]])
-
-    return dataclasses.replace(ds, images=doubled(ds.images), depth=doubled(ds.depth),
-                               semantic=doubled(ds.semantic), instance=doubled(ds.instance))
+    return ds.map(lambda array: np.concatenate([array, array[:, :, ::-1]]))
 
 
 def canonical_instances(semantic: np.ndarray, instance: np.ndarray, thing_classes) -> np.ndarray:

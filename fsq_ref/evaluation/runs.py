@@ -5,7 +5,6 @@ this model was trained on" (recorded in the checkpoint header), never a default 
 shape is refused rather than silently resized.
 """
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -62,8 +61,7 @@ def dense_data(header: dict, data_spec: str | None, data_dir: str | None, split:
     ds = dense.load(spec, split, data_dir=data_dir, size=size, seed=recorded_data(header)["seed"])
     if not limit:
         return ds
-    return dataclasses.replace(ds, **{k: None if getattr(ds, k) is None else getattr(ds, k)[:limit]
-                                      for k in ("images", "depth", "semantic", "instance")})
+    return ds.map(lambda array: array[:limit])
 
 
 class UvimModels(NamedTuple):

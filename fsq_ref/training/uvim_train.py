@@ -215,11 +215,15 @@ class LMTask:
         self.header = {"lm": dataclasses.asdict(config), "oracle_dir": str(Path(oracle_dir).resolve()),
                        "oracle_sha256": oracle_header["sha256"], "data": data_header,
                        "encoder_lr_mult": encoder_lr_mult}
-        if mirror:  # recorded only when on, so that runs from before the option still resume
-            self.header["mirror"] = True
-            train_ds = dense.with_mirrors(train_ds)
         self.step = make_lm_step(self.task, weight_decay, dtype, encoder_lr_mult)
         train_coded, self.test_coded = coded(train_ds), coded(test_ds)
+        if mirror:  # recorded only when on, so that runs from before the option still resume
+            self.header["mirror"] = True
+            # The originals' codes are the ones just read (shared with stage IIs without mirror images); only the
+            # mirror images are coded and cached anew.
+            n, train_ds = len(train_ds), dense.with_mirrors(train_ds)
+            mirrored = coded(train_ds.map(lambda array: array[n:]))
+            train_coded = CodedData(train_ds, np.concatenate([train_coded.codes, mirrored.codes]))
         self.batches = lambda start: datasets.step_batches(len(train_ds), batch_size, seed, start, train_coded.batch)
 
     def init_state(self, key) -> LMState:
