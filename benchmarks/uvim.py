@@ -6,24 +6,26 @@ paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`-
 
 Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed (its final
 evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
-for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stages run side by side
-(default 2). Finished stages in WORKDIR are reused. Prints one Markdown table per task and writes
-WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
+for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stage IIs and `--oracle-jobs`
+oracles run side by side (default 2 and as many). Finished stages in WORKDIR are reused. Prints one Markdown table
+per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
 of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
 codes, where a 4375-code one did not (docs/uvim.md). Stage II's peak learning rate is big_vision's 1e-3;
 3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and raised only FSQ's
 PQ on panoptic (docs/uvim.md).
 
-    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--context-ablation] [--lm-learning-rate 1e-3]
-                              [--tasks depth,colorization,panoptic]
+    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--oracle-jobs N] [--context-ablation]
+                              [--lm-learning-rate 1e-3] [--tasks depth,colorization,panoptic]
 """
 
 import argparse
 import json
 import math
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from fractions import Fraction
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -49,36 +51,63 @@ def names(codebook_size: int) -> dict[str, str]:
 
 
 class Stages:
-    """Runs a table's stages, `jobs` at a time (each stage is one `fsq` child process). A single process leaves part
-    of a 2-core CPU idle, so two side by side finish a table sooner (BENCHMARKS.md, UViM). Side by side, each
-    child's output goes to RUN.log beside its folder, and this script says when each stage starts and ends."""
+    """Runs a table's stages (each one `fsq` child process), `jobs` stage IIs or `oracle_jobs` oracles at a time.
+    A stage takes 1/jobs (stage II) or 1/oracle_jobs (an oracle or its evaluation) of the machine and starts when that
+    much is free. On a 2-core CPU two oracles side by side finish in little more than the time of one, where two
+    64-token stage IIs gain only a few percent (BENCHMARKS.md, UViM), so `--jobs 1 --oracle-jobs 2` keeps each stage
+    II alone without leaving the oracles' spare core idle. A stage that may share the machine writes its child's output
+    to RUN.log beside its folder, and this script says when it starts and ends; one that has it alone writes to
+    stderr."""
 
-    def __init__(self, jobs: int):
-        self.jobs, self.pool = jobs, ThreadPoolExecutor(jobs)
+    def __init__(self, jobs: int, oracle_jobs: int | None = None):
+        oracle_jobs = oracle_jobs or jobs
+        self.share = {"stage II": Fraction(1, jobs), "oracle": Fraction(1, oracle_jobs)}
+        self.pool = ThreadPoolExecutor(max(jobs, oracle_jobs))
+        self.room, self.used = threading.Condition(), Fraction(0)
 
-    def run(self, name: str, run: Path, stage: Callable[[Path | None], T]) -> T:
-        """`stage(log)`, announced when side by side; `log` is None (output to stderr) when one at a time."""
-        if self.jobs == 1:
-            return stage(None)
-        log = run.with_name(run.name + ".log")
-        print(f"{time.strftime('%H:%M:%S')} start {name}: output in {log}", file=sys.stderr, flush=True)
-        result = stage(log)
-        print(f"{time.strftime('%H:%M:%S')} done  {name}", file=sys.stderr, flush=True)
-        return result
+    def run(self, name: str, run: Path, stage: Callable[[Path | None], T], kind: str) -> T:
+        """`stage(log)` once its `kind`'s share of the machine is free; `log` is None (output to stderr) when it has
+        the whole machine."""
+        share = self.share[kind]
+        with self.room:
+            self.room.wait_for(lambda: self.used + share <= 1)
+            self.used += share
+        try:
+            if share == 1:
+                return stage(None)
+            log = run.with_name(run.name + ".log")
+            print(f"{time.strftime('%H:%M:%S')} start {name}: output in {log}", file=sys.stderr, flush=True)
+            result = stage(log)
+            print(f"{time.strftime('%H:%M:%S')} done  {name}", file=sys.stderr, flush=True)
+            return result
+        finally:
+            with self.room:
+                self.used -= share
+                self.room.notify_all()
 
     def table(self, pipelines: dict[str, tuple[Path, str, str, bool]], args) -> dict[str, dict]:
         """{row: result} for `pipelines` ({row: (folder, task, quantizer, context)}): each an oracle, `fsq eval` of
         it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle is queued
-        before any stage II, so that a stage II waiting for its oracle never holds a place another could use; an
-        oracle's `fsq eval` is queued after its first stage II, so that the two run side by side (the evaluation
-        repeats the oracle's last one, and stage II does not need it)."""
+        before any stage II, so that a stage II waiting for its oracle never holds a place another could use. An
+        oracle's `fsq eval` (it repeats the oracle's last evaluation, and stage II does not need it) is queued after
+        its first stage II, so that the two run side by side, or, when a stage II has the machine alone, right after
+        the oracles, so that it runs beside another oracle."""
         trained = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
+
+        def evaluate(row):
+            folder, task, *_ = pipelines[row]
+            evaluated[row] = self.pool.submit(self.evaluate_oracle, folder / "oracle", task, trained[row])
+
         evaluated, stage2 = {}, {row: [] for row in pipelines}
+        stage2_alone = self.share["stage II"] == 1
+        if stage2_alone:
+            for row in pipelines:
+                evaluate(row)
         for seed in range(args.seeds):
-            for row, (folder, task, *_) in pipelines.items():
+            for row, (folder, *_) in pipelines.items():
                 stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", trained[row], args, seed))
-                if seed == 0:
-                    evaluated[row] = self.pool.submit(self.evaluate_oracle, folder / "oracle", task, trained[row])
+                if seed == 0 and not stage2_alone:
+                    evaluate(row)
         try:
             results = {}
             for row, (folder, *_) in pipelines.items():
@@ -100,14 +129,14 @@ class Stages:
             oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
             args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
             args.oracle_steps, "--dropped-tokens", args.dropped_tokens, *([] if context else ["--no-context"]),
-            log=log))
+            log=log), "oracle")
 
     def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
         """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
         trained.result()
         if not runs.evaluation_file(oracle).exists():
             self.run(f"{oracle.parent.name}/oracle evaluation", oracle,
-                     lambda log: fsq_cli("eval", "--workdir", oracle, "--task", task, log=log))
+                     lambda log: fsq_cli("eval", "--workdir", oracle, "--task", task, log=log), "oracle")
         return json.loads(runs.evaluation_file(oracle).read_text())
 
     def stage2(self, lm: Path, oracle_trained: Future, args, seed: int) -> dict:
@@ -129,7 +158,7 @@ class Stages:
             return {"greedy": {k: v for k, v in last.items() if k not in ("step", "split")}, "seconds": seconds(lm),
                     "sampled": json.loads(sampled.read_text())["stage II"] if args.temperature else None}
 
-        return self.run(f"{lm.parent.name}/{lm.name}", lm, stage)
+        return self.run(f"{lm.parent.name}/{lm.name}", lm, stage, "stage II")
 
 
 def stage2_options(args) -> list:
@@ -208,7 +237,10 @@ def main():
                              "big_vision's colorization notebook samples at 1); 0: greedy decoding only")
     parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ) and one seed")
     parser.add_argument("--jobs", type=int, default=2,
-                        help="stages trained side by side (2 suits a 2-core CPU; 1: one at a time, output inline)")
+                        help="stage IIs trained side by side (2 suits a 2-core CPU; 1: one at a time, output inline)")
+    parser.add_argument("--oracle-jobs", type=int, default=None,
+                        help="oracles trained side by side (default: --jobs); `--jobs 1 --oracle-jobs 2` keeps each "
+                             "stage II alone and still pairs the oracles")
     args = parser.parse_args()
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
@@ -216,14 +248,14 @@ def main():
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if args.seeds < 1 or args.jobs < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
-        parser.error("--seeds and --jobs must be >= 1, --temperature >= 0, --lm-encoder-lr-mult > 0")
+    if min(args.seeds, args.jobs, args.jobs if args.oracle_jobs is None else args.oracle_jobs) < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
+        parser.error("--seeds, --jobs and --oracle-jobs must be >= 1, --temperature >= 0, --lm-encoder-lr-mult > 0")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
         parser.error(f"--codebook-size: {e}")
     workdir = Path(args.workdir)
-    everything, stages = {}, Stages(args.jobs)
+    everything, stages = {}, Stages(args.jobs, args.oracle_jobs)
     for task in args.tasks.split(","):
         start = time.monotonic()
         pipelines = {name[q]: (workdir / f"{task}-{q}", task, q, True) for q in quantizers}

@@ -166,6 +166,29 @@ def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fa
         assert peak == 2
 
 
+def test_the_uvim_oracles_can_pair_while_each_stage_two_runs_alone(fake_stages, tmp_path):
+    uvim_bench, events = fake_stages
+    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True) for q in ("fsq", "vq-split", "vq-nosplit")}
+    results = uvim_bench.Stages(jobs=1, oracle_jobs=2).table(pipelines, _args())
+    assert [r["rmse"] for r in results["vq-nosplit"]["stage II"]] == [0.5, 0.5]
+    running, pairs = set(), 0
+    for kind, run, log in events:
+        if kind in ("start", "evaluate"):
+            if run.name.startswith("lm-"):  # a stage II has the machine alone, its output on stderr
+                assert not running and log is None
+            else:  # an oracle or its evaluation may share it, its output in a file beside its folder
+                assert log == run.with_name(run.name + ".log")
+                assert not any(r.name.startswith("lm-") for r in running)
+            running.add(run)
+            pairs += len(running) == 2
+        elif kind in ("end", "evaluated"):
+            running.discard(run)
+    assert pairs >= 1  # two oracles did run side by side
+    order = [(kind, run.name) for kind, run, _ in events]
+    first_stage_two = min(i for i, (_, name) in enumerate(order) if name.startswith("lm-"))
+    assert ("evaluate", "oracle") in order[:first_stage_two]  # queued after the oracles, not after a stage II
+
+
 def test_an_oracles_evaluation_runs_beside_its_first_stage_two(fake_stages, tmp_path):
     uvim_bench, events = fake_stages
     pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True)}
