@@ -1,8 +1,10 @@
 """UViM at small scale, laid out as the paper's Table 2: per task, stage I (the oracle) and stage II with an FSQ
 guiding code, with UViM's VQ (EMA dictionary with codebook splitting) and with the same VQ without splitting; stage II
 trained with N seeds on one oracle and reported as mean +- standard deviation (sample, over the seeds); the codebook
-usage of the oracle's and of stage II's codes on the test split; the trivial baseline. `--context-ablation` adds the
-paper's panoptic ablation: FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
+usage of the oracle's and of stage II's codes on the test split; what the oracle's decoder makes of the image alone
+(every code token dropped, as code dropout drops them: the part of a score that needs no code); the trivial
+baseline. `--context-ablation` adds the paper's panoptic ablation: FSQ and VQ-split oracles that never see the image
+(`--no-context`), each with its stage II.
 
 Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed (its final
 evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
@@ -179,7 +181,8 @@ def cell(values) -> str:
 
 
 def table(task: str, results: dict, seeds: int, temperature: float = 0.0) -> str:
-    """Markdown: a row per bottleneck (oracle and stage II side by side), one for the trivial baseline, and with
+    """Markdown: a row per bottleneck (oracle and stage II side by side), one for the trivial baseline, one per
+    bottleneck for its oracle's decoder given no code (every token dropped; in the oracle columns), and with
     `temperature` one per bottleneck for its stage IIs sampled at that temperature (the same models)."""
     first = next(iter(results.values()))
     metrics = [k for k in first["stage II"][0] if k not in NOT_TASK_METRICS]
@@ -199,6 +202,9 @@ def table(task: str, results: dict, seeds: int, temperature: float = 0.0) -> str
                     cell([r["heldout_loss"] for r in stage2]) if all("heldout_loss" in r for r in stage2) else "-",
                     f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if "no code" in result["eval"]:  # evaluations made before `fsq eval` had the row have none
+            cells = [f"{result['eval']['no code'][m]:.4g}" for m in metrics] + ["-"] * (len(metrics) + 5)
+            lines.append(f"| {name}, oracle's decoder without code | " + " | ".join(cells) + " |")
         if "stage II sampled" in result:
             sampled = result["stage II sampled"]
             cells = (["-"] * len(metrics) + [cell([r[m] for r in sampled]) for m in metrics]

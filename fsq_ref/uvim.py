@@ -183,12 +183,14 @@ def encode_target(oracle: Oracle, qstate, target: Float[Array, "B H W Ct"],
     return indices.reshape(indices.shape[0], -1)
 
 
-def decode_code(oracle: Oracle, qstate, code: Int[Array, "B S"],
-                context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
-    """Stage I's other half: a guiding code (with the input) -> the decoder's outputs."""
-    grid = int(round(code.shape[1] ** 0.5))
-    codes = oracle.quantizer.indices_to_codes(code.reshape(code.shape[0], grid, grid), qstate)
-    return oracle.decode(codes, jnp.ones(codes.shape[:3], bool), context)
+def decode_code(oracle: Oracle, qstate, code: Int[Array, "B S"], context: Float[Array, "B H W Cc"],
+                kept: Bool[Array, "B S"] | None = None) -> Float[Array, "B H W O"]:
+    """Stage I's other half: a guiding code (with the input) -> the decoder's outputs. Tokens not `kept` (default:
+    all are) reach the decoder as code dropout leaves them."""
+    batch, grid = code.shape[0], int(round(code.shape[1] ** 0.5))
+    codes = oracle.quantizer.indices_to_codes(code.reshape(batch, grid, grid), qstate)
+    kept = jnp.ones(codes.shape[:3], bool) if kept is None else kept.reshape(batch, grid, grid)
+    return oracle.decode(codes, kept, context)
 
 
 def shift_right(code: Int[Array, "B S"]) -> Int[Array, "B S"]:

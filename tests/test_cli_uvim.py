@@ -72,7 +72,7 @@ def test_eval_reports_stage_two_oracle_and_baseline(lm, tmp_path):
     result = invoke("eval", "--workdir", lm, "--task", "panoptic", "--limit", 64, "--out", out)
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())
-    for row in ("stage II", "oracle (stage I)", "trivial baseline"):
+    for row in ("stage II", "oracle (stage I)", "no code", "trivial baseline"):
         assert row in result.output and 0 <= rows[row]["pq"] <= 100
     assert 0 <= rows["stage II"]["token_accuracy"] <= 1
 

@@ -99,6 +99,37 @@ def test_decode_code_of_encode_target_is_the_oracle_reconstruction(task, scenes,
         np.testing.assert_array_equal(np.asarray(direct), np.asarray(via_interface))
 
 
+@pytest.fixture(scope="module")
+def fsq_oracles(scenes):
+    """Two FSQ [8,5,5,5] oracles, dropped tokens as zeros and with the flag; the image context of two scenes; and
+    `decode_code` jitted once."""
+    task = dense_tasks.make("depth", scenes)
+    quantizer = QuantizerConfig("fsq", levels=(8, 5, 5, 5))
+    models = [uvim_train.init_oracle_state(dataclasses.replace(TINY, quantizer=quantizer, dropped_tokens=form), task,
+                                           1e-4, key=jr.key(7)).model for form in uvim.DROPPED_TOKENS]
+    return models, task.context(scenes.batch(np.arange(2))), eqx.filter_jit(uvim.decode_code)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decode_code_reads_only_the_kept_tokens(fsq_oracles, seed):
+    """Two codes that agree where tokens are kept decode alike whatever the dropped tokens hold, in both forms of a
+    dropped token (a random mask and random codes per seed); all kept is the default. `fsq eval`'s "no code" row drops
+    every token."""
+    models, context, decode = fsq_oracles
+    keys = jr.split(jr.key(seed), 3)
+    code, other = (jr.randint(k, (2, TINY.grid**2), 0, 1000) for k in keys[:2])
+    kept = jr.bernoulli(keys[2], 0.5, code.shape)
+    mixed = jnp.where(kept, code, other)
+    everything = jnp.ones_like(kept)
+    for model in models:
+        np.testing.assert_array_equal(np.asarray(decode(model, None, code, context, kept)),
+                                      np.asarray(decode(model, None, mixed, context, kept)))
+        full = np.asarray(decode(model, None, code, context, everything))
+        np.testing.assert_array_equal(full, np.asarray(decode(model, None, code, context)))
+        # and the kept tokens do matter: with every token kept, the two codes decode apart
+        assert np.abs(full - np.asarray(decode(model, None, mixed, context, everything))).max() > 0
+
+
 def test_a_dropped_token_is_zeros_and_only_the_flag_form_tells_the_decoder(scenes, key):
     task = dense_tasks.make("depth", scenes)
     batch = scenes.batch(np.arange(2))

@@ -82,8 +82,9 @@ def eval_command(workdir, task_name, data_spec, data_dir, split, limit, temperat
     """Measure a trained model on a dataset.
 
     A tokenizer: reconstruction L1, MSE and PSNR, codebook usage, perplexity and entropy. A UViM folder: the task's
-    metric (depth RMSE, colorization PSNR and colour Frechet distance, panoptic quality) of stage II, of its oracle
-    and of the trivial baseline, with the codebook usage of each model's codes.
+    metric (depth RMSE, colorization PSNR and colour Frechet distance, panoptic quality) of stage II, of its oracle,
+    of the oracle's decoder given no code (every token dropped: what the image alone gives) and of the trivial
+    baseline, with the codebook usage of each model's codes.
 
     \b
     Example:

@@ -111,8 +111,8 @@ def evaluate(workdir, *, data_spec: str | None = None, data_dir: str | None = No
     """Measure the model in `workdir` on `split` of `data_spec` (default: its training data).
 
     A tokenizer: reconstruction L1, MSE, PSNR and codebook usage ({metric: value}). A UViM folder: the task metric
-    and codebook usage of stage II (decoded greedily, or sampled at `temperature` > 0 from `seed`), its oracle and the
-    trivial baseline ({row: {metric: value}}; `uvim_eval`).
+    and codebook usage of stage II (decoded greedily, or sampled at `temperature` > 0 from `seed`), its oracle, the
+    oracle's decoder given no code, and the trivial baseline ({row: {metric: value}}; `uvim_eval`).
     A MaskGIT folder is refused: its samples are measured by `features.evaluate_samples` (`fsq eval-samples`).
     """
     header = checkpoint.read_run(workdir)

@@ -55,6 +55,15 @@ def stage2_predict(lm: GuidingCodeLM, oracle: Oracle, qstate, task, batch: dict,
 
 
 @eqx.filter_jit
+def codeless_predict(oracle: Oracle, qstate, task, batch: dict, length: int):
+    """Stage I's decoder with every one of the `length` code tokens dropped, reading the input alone: (prediction
+    dict, the code it was given [B, S], all dropped)."""
+    context = task.context(batch)
+    code = jnp.zeros((context.shape[0], length), jnp.int32)
+    return task.predict(decode_code(oracle, qstate, code, context, kept=jnp.zeros(code.shape, bool))), code
+
+
+@eqx.filter_jit
 def decode_and_predict(oracle: Oracle, qstate, task, code, context) -> dict:
     """Stage I's decoder on a given code [B, S] with the input: the task's prediction dict."""
     return task.predict(decode_code(oracle, qstate, code, context))
@@ -137,8 +146,9 @@ def evaluate(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks
              temperature: float = 0.0, seed: int = 0) -> dict[str, dict[str, float]]:
     """{row: metrics}: the task metric and codebook usage of stage II (with its token accuracy against the oracle's
     codes and its held-out loss on them; when `lm` is given), of the oracle (with where FSQ's unused codes come from,
-    `metrics.channel_stats`), and the task metric of the trivial baseline. Stage II decodes greedily, or samples at
-    `temperature` > 0 (`predict`)."""
+    `metrics.channel_stats`), the task metric of the oracle's decoder given no code ("no code": every token dropped,
+    as code dropout drops them, so that it reads the input alone; how much of a score needs no code at all), and
+    that of the trivial baseline. Stage II decodes greedily, or samples at `temperature` > 0 (`predict`)."""
     size = oracle.quantizer.codebook_size
     rows = {}
     oracle_preds, oracle_codes_ = predict(None, oracle, qstate, task, ds)
@@ -151,6 +161,8 @@ def evaluate(lm: GuidingCodeLM | None, oracle: Oracle, qstate, task: dense_tasks
     if isinstance(oracle.quantizer, fsq.FSQ):
         channels = metrics.channel_stats(np.bincount(oracle_codes_.ravel(), minlength=size), oracle.quantizer.levels)
         rows["oracle (stage I)"].update({k: channels[k] for k in ("total_correlation_bits", "independent_usage")})
+    length = oracle_codes_.shape[1]
+    rows["no code"] = score(task, ds, run_over(ds, lambda b: codeless_predict(oracle, qstate, task, b, length))[0])
     # A baseline is a constant or the input itself: cheap enough for the whole split at once.
     rows["trivial baseline"] = score(task, ds, task.baseline(ds.batch(np.arange(len(ds)))))
     return rows
