@@ -10,11 +10,11 @@ Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --s
 evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
 for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stage IIs and `--oracle-jobs`
 oracles run side by side (default 2 and as many). Finished stages in WORKDIR are reused. Prints one Markdown table
-per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5] (1000 codes) against VQs
-of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ oracle uses over 95% of its
-codes, where a 4375-code one did not (docs/uvim.md). Stage II's peak learning rate is big_vision's 1e-3;
-3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and raised only FSQ's
-PQ on panoptic (docs/uvim.md).
+per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5]
+(1000 codes) against VQs of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ
+oracle uses over 95% of its codes, where a 4375-code one did not (docs/uvim.md). Stage II's peak learning rate is
+big_vision's 1e-3; 3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and
+raised only FSQ's PQ on panoptic (docs/uvim.md).
 
     python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--oracle-jobs N] [--context-ablation]
                               [--lm-learning-rate 1e-3] [--tasks depth,colorization,panoptic]
@@ -62,7 +62,7 @@ class Stages:
     stderr."""
 
     def __init__(self, jobs: int, oracle_jobs: int | None = None):
-        oracle_jobs = oracle_jobs or jobs
+        oracle_jobs = jobs if oracle_jobs is None else oracle_jobs
         self.share = {"stage II": Fraction(1, jobs), "oracle": Fraction(1, oracle_jobs)}
         self.pool = ThreadPoolExecutor(max(jobs, oracle_jobs))
         self.room, self.used = threading.Condition(), Fraction(0)
@@ -98,18 +98,15 @@ class Stages:
 
         def evaluate(row):
             folder, task, *_ = pipelines[row]
-            evaluated[row] = self.pool.submit(self.evaluate_oracle, folder / "oracle", task, trained[row])
+            return self.pool.submit(self.evaluate_oracle, folder / "oracle", task, trained[row])
 
-        evaluated, stage2 = {}, {row: [] for row in pipelines}
-        stage2_alone = self.share["stage II"] == 1
-        if stage2_alone:
-            for row in pipelines:
-                evaluate(row)
+        evaluated = {row: evaluate(row) for row in pipelines} if self.share["stage II"] == 1 else {}
+        stage2 = {row: [] for row in pipelines}
         for seed in range(args.seeds):
             for row, (folder, *_) in pipelines.items():
                 stage2[row].append(self.pool.submit(self.stage2, folder / f"lm-seed{seed}", trained[row], args, seed))
-                if seed == 0 and not stage2_alone:
-                    evaluate(row)
+                if row not in evaluated:
+                    evaluated[row] = evaluate(row)
         try:
             results = {}
             for row, (folder, *_) in pipelines.items():
@@ -254,7 +251,9 @@ def main():
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if min(args.seeds, args.jobs, args.jobs if args.oracle_jobs is None else args.oracle_jobs) < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
+    if args.oracle_jobs is None:
+        args.oracle_jobs = args.jobs
+    if min(args.seeds, args.jobs, args.oracle_jobs) < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
         parser.error("--seeds, --jobs and --oracle-jobs must be >= 1, --temperature >= 0, --lm-encoder-lr-mult > 0")
     try:
         name = names(args.codebook_size)
