@@ -165,7 +165,7 @@ def stage2_options(args) -> list:
     and `--mirror` are passed only where they are not the default, so that stages trained before the options existed
     are still reused."""
     options = ["--preset", args.lm_preset, "--steps", args.lm_steps, "--learning-rate", args.lm_learning_rate,
-               "--eval-every", args.lm_steps]
+               "--eval-every", args.lm_eval_every]
     if args.lm_encoder_lr_mult != 1:
         options += ["--encoder-lr-mult", args.lm_encoder_lr_mult]
     if args.lm_mirror:
@@ -224,6 +224,9 @@ def main():
     parser.add_argument("--oracle-steps", type=int, default=600)
     parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--lm-learning-rate", type=float, default=1e-3, help="stage II's peak learning rate")
+    parser.add_argument("--lm-eval-every", type=int, default=None,
+                        help="stage II evaluates the test split every N steps, to show whether its held-out loss is "
+                             "still falling (default: once, at the end)")
     parser.add_argument("--lm-encoder-lr-mult", type=float, default=1.0,
                         help="stage II's image-encoder learning rate as a multiple of the peak (`fsq train uvim-lm "
                              "--encoder-lr-mult`)")
@@ -253,8 +256,12 @@ def main():
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
     if args.oracle_jobs is None:
         args.oracle_jobs = args.jobs
-    if min(args.seeds, args.jobs, args.oracle_jobs) < 1 or args.temperature < 0 or args.lm_encoder_lr_mult <= 0:
-        parser.error("--seeds, --jobs and --oracle-jobs must be >= 1, --temperature >= 0, --lm-encoder-lr-mult > 0")
+    if args.lm_eval_every is None:
+        args.lm_eval_every = args.lm_steps
+    if (min(args.seeds, args.jobs, args.oracle_jobs, args.lm_eval_every) < 1 or args.temperature < 0
+            or args.lm_encoder_lr_mult <= 0):
+        parser.error("--seeds, --jobs, --oracle-jobs and --lm-eval-every must be >= 1, --temperature >= 0, "
+                     "--lm-encoder-lr-mult > 0")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
