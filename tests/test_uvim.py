@@ -404,3 +404,15 @@ def test_stage_two_training_learns_the_codes(scenes):
         state, stats, _ = step(state, batch, jr.key(i), jnp.float32(3e-3))
         first = first or float(stats["loss"])
     assert float(stats["loss"]) < 0.5 * first
+
+
+def test_an_oracles_seed_seeds_its_training_and_its_data_seed_the_scenes():
+    def scenes_of(**seeds):
+        task = uvim_train.make_oracle_task(TINY, "depth", "scenes:16:8", None, batch_size=4, weight_decay=0.0, **seeds)
+        return task.train_ds.batch(np.arange(16))["depth"], task.test_ds.batch(np.arange(8))["depth"]
+
+    default = scenes_of(seed=0)
+    for same, other in zip(default, scenes_of(seed=1)):  # another training run on the same scenes
+        np.testing.assert_array_equal(same, other)
+    for same, other in zip(default, scenes_of(seed=0, data_seed=1)):
+        assert not np.array_equal(same, other)

@@ -60,10 +60,12 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
                    "only --time-limit is given")
 @click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
               help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
+@click.option("--data-seed", type=int, default=0, show_default=True,
+              help="seeds generated data (scenes: both splits); --seed seeds the training run alone")
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
-                 dropped_tokens, vq_decay, depth_head, steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every,
-                 workdir, resume, init_from, tensorboard):
+                 dropped_tokens, vq_decay, depth_head, data_seed, steps, time_limit, batch_size, learning_rate, seed,
+                 dtype, eval_every, workdir, resume, init_from, tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
@@ -82,7 +84,8 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
                                  context=context, dropped_tokens=dropped_tokens)
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
-                                       seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head)
+                                       seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head,
+                                       data_seed=data_seed)
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
                f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
                f"{'with' if context else 'without'} image context, code dropout "

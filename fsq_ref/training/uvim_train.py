@@ -173,16 +173,17 @@ class OracleTask:
 
 
 def make_oracle_task(config: OracleConfig, task_name: str, data_spec: str, data_dir: str | None, *, batch_size: int,
-                     seed: int, weight_decay: float, dtype: str = "float32",
-                     depth_head: str = "argmax") -> OracleTask:
+                     seed: int, weight_decay: float, dtype: str = "float32", depth_head: str = "argmax",
+                     data_seed: int = 0) -> OracleTask:
     """Stage I of `config` for the task `task_name` on `data_spec`'s train split, evaluated on its test split; the
     checkpoint records the data (and `config`, with or without context), so that stage II and later commands default
-    to it."""
-    train_ds = dense.load(data_spec, "train", data_dir=data_dir, size=config.image_size, seed=seed)
-    test_ds = dense.load(data_spec, "test", data_dir=data_dir, size=config.image_size, seed=seed)
+    to it. `seed` seeds the training run, `data_seed` the generated data, so that oracles of different seeds are
+    trained and scored on the same scenes."""
+    train_ds = dense.load(data_spec, "train", data_dir=data_dir, size=config.image_size, seed=data_seed)
+    test_ds = dense.load(data_spec, "test", data_dir=data_dir, size=config.image_size, seed=data_seed)
     return OracleTask(config, dense_tasks.make(task_name, train_ds, depth_head=depth_head), train_ds, test_ds,
                       batch_size=batch_size, seed=seed, weight_decay=weight_decay,
-                      data_header={"spec": data_spec, "data_dir": data_dir, "seed": seed}, dtype=dtype)
+                      data_header={"spec": data_spec, "data_dir": data_dir, "seed": data_seed}, dtype=dtype)
 
 
 class LMTask:
