@@ -87,10 +87,10 @@ class Stages:
                 self.used -= share
                 self.room.notify_all()
 
-    def table(self, pipelines: dict[str, tuple[Path, str, str, bool]], args) -> dict[str, dict]:
-        """{row: result} for `pipelines` ({row: (folder, task, quantizer, context)}): each an oracle, `fsq eval` of
-        it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle is queued
-        before any stage II, so that a stage II waiting for its oracle never holds a place another could use. An
+    def table(self, pipelines: dict[str, tuple[Path, str, str, bool, int]], args) -> dict[str, dict]:
+        """{name: result} for `pipelines` ({name: (folder, task, quantizer, context, oracle seed)}): each an oracle,
+        `fsq eval` of it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle
+        is queued before any stage II, so that a stage II waiting for its oracle never holds a place another could use. An
         oracle's `fsq eval` (it repeats the oracle's last evaluation, and stage II does not need it) is queued after
         its first stage II, so that the two run side by side, or, when a stage II has the machine alone, right after
         the oracles, so that it runs beside another oracle."""
@@ -121,14 +121,15 @@ class Stages:
             self.pool.shutdown(cancel_futures=True)  # queued stages do not start; running ones finish and are kept
             raise
 
-    def oracle(self, folder: Path, task: str, quantizer: str, context: bool, args) -> None:
-        """Train one oracle."""
+    def oracle(self, folder: Path, task: str, quantizer: str, context: bool, seed: int, args) -> None:
+        """Train one oracle. Seed 0 is passed only implicitly, so that oracles trained before `--oracle-seeds`
+        existed are still reused."""
         oracle = folder / "oracle"
         self.run(f"{folder.name}/oracle", oracle, lambda log: train(
             oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
             args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
             args.oracle_steps, "--dropped-tokens", args.dropped_tokens, *([] if context else ["--no-context"]),
-            log=log), "oracle")
+            *(["--seed", seed] if seed else []), log=log), "oracle")
 
     def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
         """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
@@ -177,30 +178,58 @@ def cell(values) -> str:
     return mean_std(values, ".4g", std_fmt=".2g")
 
 
+def value(values, fmt: str = ".4g") -> str:
+    """One oracle's value as it is; several oracles' (seeds) as mean ± std."""
+    return format(values[0], fmt) if len(values) == 1 else mean_std(values, fmt, std_fmt=".2g")
+
+
+def merge(results: dict[str, dict], rows: dict[str, str]) -> dict[str, dict]:
+    """One result per table row from the pipelines' results (`rows`: pipeline name -> row), a row's pipelines being
+    its oracle seeds: their evaluations listed, their stage IIs pooled, so that the row's ± covers oracle x stage-II
+    seeds."""
+    merged = {}
+    for pipeline, result in results.items():
+        row = merged.setdefault(rows[pipeline],
+                                {"eval": [], "stage II": [], "seconds": {"oracle": [], "stage II": []}})
+        row["eval"].append(result["eval"])
+        row["stage II"] += result["stage II"]
+        row["seconds"]["oracle"].append(result["seconds"]["oracle"])
+        row["seconds"]["stage II"] += result["seconds"]["stage II"]
+        if "stage II sampled" in result:
+            row.setdefault("stage II sampled", []).extend(result["stage II sampled"])
+    return merged
+
+
 def table(task: str, results: dict, seeds: int, temperature: float = 0.0) -> str:
     """Markdown: a row per bottleneck (oracle and stage II side by side), one for the trivial baseline, one per
     bottleneck for its oracle's decoder given no code (every token dropped; in the oracle columns), and with
-    `temperature` one per bottleneck for its stage IIs sampled at that temperature (the same models)."""
+    `temperature` one per bottleneck for its stage IIs sampled at that temperature (the same models). `results` as
+    `merge` gives them; with several oracles a row's oracle cells are their mean ± std too."""
     first = next(iter(results.values()))
+    oracles = len(first["eval"])
     metrics = [k for k in first["stage II"][0] if k not in NOT_TASK_METRICS]
     head = ("| bottleneck | " + " | ".join(f"oracle {m}" for m in metrics) + " | "
             + " | ".join(f"stage II {m}" for m in metrics)
             + " | oracle usage | stage-II usage | token accuracy | stage-II held-out loss | seconds (oracle + stage II) |")
-    lines = [f"### {task} (stage II: mean ± std over {seeds} seed{'s' * (seeds > 1)})", "", head,
+    over = (f"{seeds} seed{'s' * (seeds > 1)}" if oracles == 1
+            else f"{oracles} oracles x {seeds} stage-II seed{'s' * (seeds > 1)}")
+    lines = [f"### {task} (stage II: mean ± std over {over})", "", head,
              "|---|" + "---:|" * (2 * len(metrics) + 5)]
-    baseline = " | ".join(f"{first['eval']['trivial baseline'][m]:.4g}" for m in metrics)
+    baseline = " | ".join(f"{first['eval'][0]['trivial baseline'][m]:.4g}" for m in metrics)
     lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - | - |")
     for name, result in results.items():
-        oracle, stage2 = result["eval"]["oracle (stage I)"], result["stage II"]
-        cells = ([f"{oracle[m]:.4g}" for m in metrics] + [cell([r[m] for r in stage2]) for m in metrics]
-                 + [f"{oracle['usage']:.1%}", cell([100 * r["usage"] for r in stage2]) + "%",
+        evals, stage2 = result["eval"], result["stage II"]
+        cells = ([value([e["oracle (stage I)"][m] for e in evals]) for m in metrics]
+                 + [cell([r[m] for r in stage2]) for m in metrics]
+                 + [value([100 * e["oracle (stage I)"]["usage"] for e in evals], ".1f") + "%",
+                    cell([100 * r["usage"] for r in stage2]) + "%",
                     cell([100 * r["token_accuracy"] for r in stage2]) + "%",
                     # runs made before stage II logged its held-out loss have none
                     cell([r["heldout_loss"] for r in stage2]) if all("heldout_loss" in r for r in stage2) else "-",
-                    f"{result['seconds']['oracle']:.0f} + {sum(result['seconds']['stage II']):.0f}"])
+                    f"{sum(result['seconds']['oracle']):.0f} + {sum(result['seconds']['stage II']):.0f}"])
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        if "no code" in result["eval"]:  # evaluations made before `fsq eval` had the row have none
-            cells = [f"{result['eval']['no code'][m]:.4g}" for m in metrics] + ["-"] * (len(metrics) + 5)
+        if all("no code" in e for e in evals):  # evaluations made before `fsq eval` had the row have none
+            cells = [value([e["no code"][m] for e in evals]) for m in metrics] + ["-"] * (len(metrics) + 5)
             lines.append(f"| {name}, oracle's decoder without code | " + " | ".join(cells) + " |")
         if "stage II sampled" in result:
             sampled = result["stage II sampled"]
@@ -220,7 +249,10 @@ def main():
     parser.add_argument("--codebook-size", type=int, default=1024,
                         help="VQ's codebook size; FSQ takes the paper's levels for it (1024: 8,5,5,5, 1000 codes; "
                              "the paper's 4096: 7,5,5,5,5, 4375 codes)")
-    parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per cell")
+    parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per oracle")
+    parser.add_argument("--oracle-seeds", type=int, default=1,
+                        help="oracles (training seeds, same scenes) per bottleneck, each with --seeds stage IIs; a "
+                             "row's ± then covers oracle x stage-II seeds")
     parser.add_argument("--oracle-steps", type=int, default=600)
     parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--lm-learning-rate", type=float, default=1e-3, help="stage II's peak learning rate")
@@ -258,10 +290,10 @@ def main():
         args.oracle_jobs = args.jobs
     if args.lm_eval_every is None:
         args.lm_eval_every = args.lm_steps
-    if (min(args.seeds, args.jobs, args.oracle_jobs, args.lm_eval_every) < 1 or args.temperature < 0
-            or args.lm_encoder_lr_mult <= 0):
-        parser.error("--seeds, --jobs, --oracle-jobs and --lm-eval-every must be >= 1, --temperature >= 0, "
-                     "--lm-encoder-lr-mult > 0")
+    if (min(args.seeds, args.oracle_seeds, args.jobs, args.oracle_jobs, args.lm_eval_every) < 1
+            or args.temperature < 0 or args.lm_encoder_lr_mult <= 0):
+        parser.error("--seeds, --oracle-seeds, --jobs, --oracle-jobs and --lm-eval-every must be >= 1, "
+                     "--temperature >= 0, --lm-encoder-lr-mult > 0")
     try:
         name = names(args.codebook_size)
     except InputError as e:  # no recommended FSQ levels for that size; the message lists the sizes that have them
@@ -270,13 +302,20 @@ def main():
     everything, stages = {}, Stages(args.jobs, args.oracle_jobs)
     for task in args.tasks.split(","):
         start = time.monotonic()
-        pipelines = {name[q]: (workdir / f"{task}-{q}", task, q, True) for q in quantizers}
+        bottlenecks = {name[q]: (f"{task}-{q}", q, True) for q in quantizers}
         if args.context_ablation and task == "panoptic":
-            pipelines.update({f"{name[q]}, no context": (workdir / f"{task}-{q}-no-context", task, q, False)
-                              for q in ("fsq", "vq-split")})
+            bottlenecks.update({f"{name[q]}, no context": (f"{task}-{q}-no-context", q, False)
+                                for q in ("fsq", "vq-split")})
+        pipelines, rows = {}, {}
+        for row, (folder, q, context) in bottlenecks.items():
+            for seed in range(args.oracle_seeds):  # oracle seed 0 keeps the folder it had before the option existed
+                pipeline = row + (f", oracle seed {seed}" if seed else "")
+                pipelines[pipeline] = (workdir / (folder + (f"-oracle-seed{seed}" if seed else "")), task, q, context,
+                                       seed)
+                rows[pipeline] = row
         everything[task] = results = stages.table(pipelines, args)
         minutes = (time.monotonic() - start) / 60  # wall time, evaluations and stages reused from WORKDIR included
-        print(table(task, results, args.seeds, args.temperature)
+        print(table(task, merge(results, rows), args.seeds, args.temperature)
               + f"\n\n{task}: {minutes:.1f} minutes wall time in this call\n", flush=True)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "results.json").write_text(json.dumps(everything, indent=2))

@@ -62,11 +62,42 @@ def test_the_uvim_table_reports_the_oracle_once_and_stage_two_as_mean_and_std_ov
              {"rmse": 2.0, "usage": 0.7, "token_accuracy": 0.4, "heldout_loss": 3.5, "perplexity": 500.0}]
     results = {"FSQ": {"eval": {"oracle (stage I)": oracle, "trivial baseline": {"rmse": 3.5}}, "stage II": seeds,
                        "seconds": {"oracle": 100.0, "stage II": [10.0, 20.0]}}}
-    lines = uvim_bench.table("depth", results, seeds=2).splitlines()
+    lines = uvim_bench.table("depth", uvim_bench.merge(results, {"FSQ": "FSQ"}), seeds=2).splitlines()
+    assert lines[0] == "### depth (stage II: mean ± std over 2 seeds)"
     assert lines[2] == ("| bottleneck | oracle rmse | stage II rmse | oracle usage | stage-II usage | "
                         "token accuracy | stage-II held-out loss | seconds (oracle + stage II) |")  # not perplexity
     assert lines[4] == "| trivial baseline | 3.5 | 3.5 | - | - | - | - | - |"
     assert lines[5] == "| FSQ | 0.25 | 1.5 ± 0.71 | 97.0% | 60 ± 14% | 30 ± 14% | 3.25 ± 0.35 | 100 + 30 |"
+
+
+def test_a_uvim_row_pools_its_oracle_seeds():
+    import uvim as uvim_bench
+
+    def result(oracle_rmse, no_code_rmse, stage2_rmse):
+        rows = {"oracle (stage I)": {"rmse": oracle_rmse, "usage": 0.9}, "no code": {"rmse": no_code_rmse},
+                "trivial baseline": {"rmse": 3.5}}
+        return {"eval": rows, "stage II": [{"rmse": r, "usage": 0.5, "token_accuracy": 0.2} for r in stage2_rmse],
+                "seconds": {"oracle": 100.0, "stage II": [10.0] * len(stage2_rmse)}}
+
+    results = {"FSQ": result(0.2, 0.5, [1.0, 2.0]), "FSQ, oracle seed 1": result(0.4, 0.7, [3.0, 4.0])}
+    merged = uvim_bench.merge(results, {"FSQ": "FSQ", "FSQ, oracle seed 1": "FSQ"})
+    assert [r["rmse"] for r in merged["FSQ"]["stage II"]] == [1.0, 2.0, 3.0, 4.0]
+    lines = uvim_bench.table("depth", merged, seeds=2).splitlines()
+    assert lines[0] == "### depth (stage II: mean ± std over 2 oracles x 2 stage-II seeds)"
+    assert lines[5] == "| FSQ | 0.3 ± 0.14 | 2.5 ± 1.3 | 90.0 ± 0% | 50 ± 0% | 20 ± 0% | - | 200 + 40 |"
+    assert lines[6] == "| FSQ, oracle's decoder without code | 0.6 ± 0.14 | - | - | - | - | - | - |"
+
+
+def test_an_oracle_seed_is_passed_to_its_oracle_and_gets_its_own_folder(fake_stages, tmp_path):
+    uvim_bench, _ = fake_stages
+    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True, 0),
+                 "FSQ, oracle seed 1": (tmp_path / "depth-fsq-oracle-seed1", "depth", "fsq", True, 1)}
+    uvim_bench.Stages(2).table(pipelines, _args(seeds=1))
+    trained_with = {folder.name: json.loads((folder / "oracle" / "args.json").read_text())
+                    for folder, *_ in pipelines.values()}
+    assert "--seed" not in trained_with["depth-fsq"]  # so that oracles trained before the option are reused
+    seed1 = trained_with["depth-fsq-oracle-seed1"]
+    assert seed1[seed1.index("--seed") + 1] == "1"
 
 
 LM_LEARNING_RATE = 2e-3  # not the script's default, so that a stage II trained at the default fails
@@ -98,6 +129,7 @@ def fake_stages(monkeypatch):
         if (run / "metrics.jsonl").exists():  # finished before: reused, as `stages.train` does
             return
         run.mkdir(parents=True)
+        (run / "args.json").write_text(json.dumps([str(a) for a in args]))
         record = {"step": 7, "split": "eval", "rmse": 0.5 if kind == "uvim-lm" else 0.25, "usage": 0.9,
                   "token_accuracy": 0.1, "heldout_loss": 3.0}
         (run / "metrics.jsonl").write_text(json.dumps({"step": 7, "seconds": 12.0}) + "\n" + json.dumps(record))
@@ -143,7 +175,7 @@ def test_stage_two_is_given_the_encoder_multiplier_and_mirror_only_where_they_ar
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fake_stages, tmp_path, jobs):
     uvim_bench, events = fake_stages
-    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True) for q in ("fsq", "vq-split", "vq-nosplit")}
+    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True, 0) for q in ("fsq", "vq-split", "vq-nosplit")}
     results = uvim_bench.Stages(jobs).table(pipelines, _args())
     assert list(results) == list(pipelines)
     for row, result in results.items():
@@ -169,7 +201,7 @@ def test_the_uvim_stages_run_side_by_side_and_each_stage_two_after_its_oracle(fa
 
 def test_the_uvim_oracles_can_pair_while_each_stage_two_runs_alone(fake_stages, tmp_path):
     uvim_bench, events = fake_stages
-    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True) for q in ("fsq", "vq-split", "vq-nosplit")}
+    pipelines = {q: (tmp_path / f"depth-{q}", "depth", q, True, 0) for q in ("fsq", "vq-split", "vq-nosplit")}
     results = uvim_bench.Stages(jobs=1, oracle_jobs=2).table(pipelines, _args())
     assert [r["rmse"] for r in results["vq-nosplit"]["stage II"]] == [0.5, 0.5]
     running, pairs = set(), 0
@@ -192,7 +224,7 @@ def test_the_uvim_oracles_can_pair_while_each_stage_two_runs_alone(fake_stages, 
 
 def test_an_oracles_evaluation_runs_beside_its_first_stage_two(fake_stages, tmp_path):
     uvim_bench, events = fake_stages
-    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True)}
+    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True, 0)}
     results = uvim_bench.Stages(2).table(pipelines, _args(seeds=1))
     assert results["FSQ"]["eval"]["trivial baseline"] == {"rmse": 2.0}
     order = [(kind, run.name) for kind, run, _ in events]
@@ -202,7 +234,7 @@ def test_an_oracles_evaluation_runs_beside_its_first_stage_two(fake_stages, tmp_
 
 def test_a_failed_oracle_stops_the_uvim_table_before_its_stage_twos_start(fake_stages, tmp_path):
     uvim_bench, events = fake_stages
-    pipelines = {"broken": (tmp_path / "broken-fsq", "depth", "fsq", True)}
+    pipelines = {"broken": (tmp_path / "broken-fsq", "depth", "fsq", True, 0)}
     with pytest.raises(RuntimeError, match="broken-fsq/oracle failed"):
         uvim_bench.Stages(2).table(pipelines, _args())
     assert [run.name for _, run, _ in events] == ["oracle"]
@@ -210,11 +242,11 @@ def test_a_failed_oracle_stops_the_uvim_table_before_its_stage_twos_start(fake_s
 
 def test_the_uvim_table_adds_each_stage_two_sampled_at_a_temperature(fake_stages, tmp_path):
     uvim_bench, events = fake_stages
-    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True)}
+    pipelines = {"FSQ": (tmp_path / "depth-fsq", "depth", "fsq", True, 0)}
     results = uvim_bench.Stages(2).table(pipelines, _args(temperature=1.0))
     assert [r["rmse"] for r in results["FSQ"]["stage II sampled"]] == [0.75, 0.75]
     assert sorted(run.name for kind, run, _ in events if kind == "sampled") == ["lm-seed0", "lm-seed1"]
-    lines = uvim_bench.table("depth", results, seeds=2, temperature=1.0).splitlines()
+    lines = uvim_bench.table("depth", uvim_bench.merge(results, {"FSQ": "FSQ"}), seeds=2, temperature=1.0).splitlines()
     assert lines[-2].startswith("| FSQ | 0.25 | 0.5 ± 0 |")
     assert lines[-1] == "| FSQ, sampled at temperature 1 | - | 0.75 ± 0 | - | 100 ± 0% | 5 ± 0% | - | - |"
     uvim_bench.Stages(2).table(pipelines, _args(temperature=1.0))  # again: everything is reused
