@@ -90,10 +90,10 @@ class Stages:
     def table(self, pipelines: dict[str, tuple[Path, str, str, bool, int]], args) -> dict[str, dict]:
         """{name: result} for `pipelines` ({name: (folder, task, quantizer, context, oracle seed)}): each an oracle,
         `fsq eval` of it (the oracle's and the trivial baseline's rows), and `args.seeds` stage IIs on it. Every oracle
-        is queued before any stage II, so that a stage II waiting for its oracle never holds a place another could use. An
-        oracle's `fsq eval` (it repeats the oracle's last evaluation, and stage II does not need it) is queued after
-        its first stage II, so that the two run side by side, or, when a stage II has the machine alone, right after
-        the oracles, so that it runs beside another oracle."""
+        is queued before any stage II, so that a stage II waiting for its oracle never holds a place another could
+        use. An oracle's `fsq eval` (it repeats the oracle's last evaluation, and stage II does not need it) is queued
+        after its first stage II, so that the two run side by side, or, when a stage II has the machine alone, right
+        after the oracles, so that it runs beside another oracle."""
         trained = {row: self.pool.submit(self.oracle, *spec, args) for row, spec in pipelines.items()}
 
         def evaluate(row):
@@ -122,14 +122,16 @@ class Stages:
             raise
 
     def oracle(self, folder: Path, task: str, quantizer: str, context: bool, seed: int, args) -> None:
-        """Train one oracle. Seed 0 is passed only implicitly, so that oracles trained before `--oracle-seeds`
-        existed are still reused."""
+        """Train one oracle. Seed 0 and the full decoder context are passed only implicitly, so that oracles trained
+        before those options existed are still reused."""
         oracle = folder / "oracle"
         self.run(f"{folder.name}/oracle", oracle, lambda log: train(
             oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
             args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
             args.oracle_steps, "--dropped-tokens", args.dropped_tokens, *([] if context else ["--no-context"]),
-            *(["--seed", seed] if seed else []), log=log), "oracle")
+            *(["--seed", seed] if seed else []),
+            *(["--decoder-context", args.decoder_context] if args.decoder_context != "full" else []),
+            log=log), "oracle")
 
     def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
         """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
@@ -268,6 +270,8 @@ def main():
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--dropped-tokens", choices=("zeros", "flag"), default="zeros",
                         help="how stage I's code dropout shows a dropped token: zeros (UViM's) or zeros and a flag")
+    parser.add_argument("--decoder-context", choices=("full", "patches"), default="full",
+                        help="how stage I's decoder reads the image (`fsq train uvim-oracle --decoder-context`)")
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")
     parser.add_argument("--temperature", type=float, default=0.0,
