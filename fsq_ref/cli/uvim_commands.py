@@ -89,11 +89,11 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
     task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
                                        seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head,
                                        data_seed=data_seed)
+    seen = "without image context" if not context else "with image context" + (
+        " (as patches in the decoder)" if decoder_context == "patches" else "")
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
-               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
-               f"{f'with image context ({decoder_context} in the decoder)' if context else 'without image context'}, "
-               "code dropout "
-               f"{f'on (dropped tokens: {dropped_tokens})' if code_dropout else 'off'}")
+               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, {seen}, "
+               f"code dropout {f'on (dropped tokens: {dropped_tokens})' if code_dropout else 'off'}")
     run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
 
