@@ -122,16 +122,14 @@ class Stages:
             raise
 
     def oracle(self, folder: Path, task: str, quantizer: str, context: bool, seed: int, args) -> None:
-        """Train one oracle. Seed 0 and the full decoder context are passed only implicitly, so that oracles trained
-        before those options existed are still reused."""
+        """Train one oracle. Seed 0 is passed only implicitly, so that oracles trained before `--oracle-seeds`
+        existed are still reused."""
         oracle = folder / "oracle"
         self.run(f"{folder.name}/oracle", oracle, lambda log: train(
             oracle, "uvim-oracle", "--task", task, "--data", args.data, "--quantizer", quantizer, "--codebook-size",
             args.codebook_size, "--preset", args.oracle_preset, "--steps", args.oracle_steps, "--eval-every",
             args.oracle_steps, "--dropped-tokens", args.dropped_tokens, *([] if context else ["--no-context"]),
-            *(["--seed", seed] if seed else []),
-            *(["--decoder-context", args.decoder_context] if args.decoder_context != "full" else []),
-            log=log), "oracle")
+            *(["--seed", seed] if seed else []), log=log), "oracle")
 
     def evaluate_oracle(self, oracle: Path, task: str, trained: Future) -> dict:
         """`fsq eval` of a trained oracle (its row and the trivial baseline's), once it is trained."""
@@ -270,8 +268,6 @@ def main():
     parser.add_argument("--lm-preset", default="quick")
     parser.add_argument("--dropped-tokens", choices=("zeros", "flag"), default="zeros",
                         help="how stage I's code dropout shows a dropped token: zeros (UViM's) or zeros and a flag")
-    parser.add_argument("--decoder-context", choices=("full", "patches"), default="full",
-                        help="how stage I's decoder reads the image (`fsq train uvim-oracle --decoder-context`)")
     parser.add_argument("--context-ablation", action="store_true",
                         help="panoptic also without image context in stage I, FSQ and VQ-split")
     parser.add_argument("--temperature", type=float, default=0.0,

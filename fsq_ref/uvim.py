@@ -12,10 +12,7 @@ Two stages solve a dense-prediction task (`dense_tasks`: depth, colorization, pa
   `OracleConfig.dropped_tokens = "flag"` also gives the decoder a "kept" channel (for FSQ, zeros are a real code, the
   grid's centre: docs/uvim.md). Without context (`OracleConfig.context` False: the paper's context ablation,
   big_vision's `with_encoder_ctx` and `with_decoder_ctx` off) the code has to carry the whole output; code dropout
-  stays on. Our decoder reads the image through a conv net and once more at full resolution before its output
-  (`OracleConfig.decoder_context = "full"`); `"patches"` gives it the image as big_vision's decoder gets it, one
-  linear embedding per code position (its `ctx_dec_embedding`, a strided convolution), and nothing at the output, so
-  that the code has to carry what a patch embedding does not.
+  stays on.
 - Stage II, the language model: an encoder-decoder transformer reads the input image and predicts the guiding code
   token by token. At inference: image -> stage II code -> stage I decoder (with the image) -> prediction.
 
@@ -48,7 +45,6 @@ from fsq_ref.transformer import Transformer, causal_mask, dense
 
 START = 0  # stage II's start-of-code symbol; code k is fed to it as k + 1
 DROPPED_TOKENS = ("zeros", "flag")
-DECODER_CONTEXTS = ("full", "patches")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,17 +58,12 @@ class OracleConfig:
     code_dropout: bool = True
     context: bool = True  # False: stage I never sees the input (the paper's context ablation)
     dropped_tokens: str = "zeros"  # how the decoder gets a dropped token: "zeros" (UViM's) or "flag" (zeros + a flag)
-    decoder_context: str = "full"  # how the decoder reads the input: "full" (a conv net, and full resolution at the
-    # output) or "patches" (one linear embedding per code position, as big_vision's UViM)
 
     def __post_init__(self):
         if self.quantizer.indices_per_position != 1:
             raise InputError("UViM's guiding code has one index per position: leave out --codebooks and --stages")
         if self.dropped_tokens not in DROPPED_TOKENS:
             raise InputError(f"dropped tokens must be one of {', '.join(DROPPED_TOKENS)}; got {self.dropped_tokens!r}")
-        if self.decoder_context not in DECODER_CONTEXTS:
-            raise InputError(f"the decoder's context must be one of {', '.join(DECODER_CONTEXTS)}; "
-                             f"got {self.decoder_context!r}")
 
     @property
     def grid(self) -> int:
@@ -125,7 +116,7 @@ def _channels_last(x: Float[Array, "C H W"]) -> Float[Array, "H W C"]:
 class Oracle(eqx.Module):
     """Stage I: (target, context) -> guiding code -> (code, context) -> decoder outputs (logits or values)."""
 
-    context_encoder: Encoder | eqx.nn.Conv2d | None
+    context_encoder: Encoder | None
     encoder: Encoder
     quantizer: fsq.FSQ | vq.VQ
     decoder: Decoder
@@ -133,7 +124,6 @@ class Oracle(eqx.Module):
     head_out: eqx.nn.Conv2d
     code_dropout: bool = eqx.field(static=True)
     flag: bool = eqx.field(static=True)  # the decoder gets a "kept" channel beside each code
-    context_at_output: bool = eqx.field(static=True)  # the full-resolution input joins the decoder's last layers
 
     def __init__(self, config: OracleConfig, *, context_channels: int, target_channels: int, out_channels: int,
                  key: PRNGKeyArray):
@@ -143,16 +133,8 @@ class Oracle(eqx.Module):
         self.quantizer = config.quantizer.build(key=q_key)
         if not config.context:
             context_channels = 0
-        patches = config.decoder_context == "patches"
-        if not config.context:
-            self.context_encoder = None
-        elif patches:
-            patch = config.image_size // config.grid
-            self.context_encoder = eqx.nn.Conv2d(context_channels, config.context_dim, patch, stride=patch, key=ctx_key)
-        else:
-            self.context_encoder = Encoder(in_channels=context_channels, out_dim=config.context_dim, key=ctx_key,
-                                           **shape)
-        self.context_at_output = config.context and not patches
+        self.context_encoder = (Encoder(in_channels=context_channels, out_dim=config.context_dim, key=ctx_key, **shape)
+                                if config.context else None)
         self.encoder = Encoder(in_channels=target_channels + context_channels, out_dim=self.quantizer.dim,
                                key=enc_key, **shape)
         # Decoder input per code position: the code (zeros where dropped), its "kept" flag if asked for, and the
@@ -160,10 +142,9 @@ class Oracle(eqx.Module):
         self.flag = config.dropped_tokens == "flag"
         self.decoder = Decoder(in_dim=self.quantizer.dim + self.flag + config.context_dim * config.context,
                                out_channels=config.base_filters, key=dec_key, **shape)
-        # With "full" context the full-resolution input joins again at the end, so fine detail need not pass through
-        # the code.
-        self.head_hidden = eqx.nn.Conv2d(config.base_filters + context_channels * self.context_at_output,
-                                         config.base_filters, 3, padding=1, key=hidden_key)
+        # The full-resolution context joins again at the end, so fine detail need not pass through the code.
+        self.head_hidden = eqx.nn.Conv2d(config.base_filters + context_channels, config.base_filters, 3, padding=1,
+                                         key=hidden_key)
         self.head_out = eqx.nn.Conv2d(config.base_filters, out_channels, 1, key=out_key)
         self.code_dropout = config.code_dropout
 
@@ -179,12 +160,9 @@ class Oracle(eqx.Module):
     def decode(self, codes: Float[Array, "B h w D"], kept: Bool[Array, "B h w"],
                context: Float[Array, "B H W Cc"]) -> Float[Array, "B H W O"]:
         flag = kept[..., None].astype(codes.dtype)
-        read = (self.context_encoder if isinstance(self.context_encoder, Encoder)
-                else lambda c: _channels_last(self.context_encoder(_hw(c))))
-        features = [jax.vmap(read)(c) for c in self._context(context)]
+        features = [jax.vmap(self.context_encoder)(c) for c in self._context(context)]
         x = jnp.concatenate([codes * flag, *([flag] if self.flag else []), *features], axis=-1)
-        x = jnp.concatenate([jax.vmap(self.decoder)(x), *(self._context(context) if self.context_at_output else [])],
-                            axis=-1)
+        x = jnp.concatenate([jax.vmap(self.decoder)(x), *self._context(context)], axis=-1)
         return jax.vmap(lambda x: _channels_last(self.head_out(jax.nn.swish(self.head_hidden(_hw(x))))))(x)
 
 

@@ -155,7 +155,7 @@ def fake_stages(monkeypatch):
 
 def _args(**overrides):
     return Namespace(**{"data": "scenes", "codebook_size": 1024, "oracle_preset": "quick-8x8", "oracle_steps": 7,
-                        "dropped_tokens": "zeros", "decoder_context": "full", "lm_preset": "quick", "lm_steps": 7, "lm_eval_every": 7,
+                        "dropped_tokens": "zeros", "lm_preset": "quick", "lm_steps": 7, "lm_eval_every": 7,
                         "lm_learning_rate": LM_LEARNING_RATE,
                         "lm_encoder_lr_mult": LM_ENCODER_LR_MULT, "lm_mirror": False, "seeds": 2,
                         "temperature": 0.0, **overrides})

@@ -416,31 +416,3 @@ def test_an_oracles_seed_seeds_its_training_and_its_data_seed_the_scenes():
         np.testing.assert_array_equal(same, other)
     for same, other in zip(default, scenes_of(seed=0, data_seed=1)):
         assert not np.array_equal(same, other)
-
-
-def test_a_patches_decoder_reads_the_image_once_per_code_position_and_not_at_its_output(scenes, key):
-    task = dense_tasks.make("depth", scenes)
-    full = uvim_train.init_oracle_state(TINY, task, 1e-4, key=key).model
-    patches = uvim_train.init_oracle_state(dataclasses.replace(TINY, decoder_context="patches"), task, 1e-4,
-                                           key=key).model
-    patch = TINY.image_size // TINY.grid
-    assert isinstance(patches.context_encoder, eqx.nn.Conv2d)
-    assert patches.context_encoder.kernel_size == patches.context_encoder.stride == (patch, patch)
-    assert patches.head_hidden.in_channels == full.head_hidden.in_channels - task.context(scenes.batch([0])).shape[-1]
-    context = task.context(scenes.batch(np.arange(2)))
-    codes = jr.normal(key, (2, TINY.grid, TINY.grid, patches.quantizer.dim))
-    kept = jnp.ones(codes.shape[:3], bool)
-    moved = context.at[:, 0, 0].add(1.0)
-
-    def change(model):
-        return np.abs(np.asarray(model.decode(codes, kept, moved) - model.decode(codes, kept, context))).max()
-
-    assert change(full) > 0 and change(patches) > 0
-    # The patch embedding is the only way in: without its weights the image no longer reaches the output.
-    blind = eqx.tree_at(lambda m: m.context_encoder.weight, patches, jnp.zeros_like(patches.context_encoder.weight))
-    assert change(blind) == 0
-    with pytest.raises(InputError, match="decoder's context must be one of full, patches"):
-        dataclasses.replace(TINY, decoder_context="pixels")
-    # Oracles written before the choice existed read the image in full.
-    old = {k: v for k, v in TINY.to_dict().items() if k != "decoder_context"}
-    assert uvim.OracleConfig.from_dict(old).decoder_context == "full"

@@ -54,9 +54,6 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
               help="UViM's random code dropout in training, with or without context (as big_vision's configs)")
 @click.option("--dropped-tokens", type=click.Choice(uvim.DROPPED_TOKENS), default="zeros", show_default=True,
               help="what the decoder gets for a dropped token: zeros (UViM's), or zeros and a \"kept\" flag channel")
-@click.option("--decoder-context", type=click.Choice(uvim.DECODER_CONTEXTS), default="full", show_default=True,
-              help="how the decoder reads the image: full (a conv net, and full resolution at the output) or patches "
-                   "(one linear embedding per code position, as big_vision's UViM)")
 @click.option("--vq-decay", type=float, default=None,
               help="vq-split, vq-nosplit: the EMA dictionary's decay per step; default: UViM's 0.995 scaled to --steps, "
                    "so that splitting starts at 5%% of training as in big_vision (0.9253 for 600 steps); 0.995 when "
@@ -67,8 +64,8 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
               help="seeds generated data (scenes: both splits); --seed seeds the training run alone")
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
-                 dropped_tokens, decoder_context, vq_decay, depth_head, data_seed, steps, time_limit, batch_size,
-                 learning_rate, seed, dtype, eval_every, workdir, resume, init_from, tensorboard):
+                 dropped_tokens, vq_decay, depth_head, data_seed, steps, time_limit, batch_size, learning_rate, seed,
+                 dtype, eval_every, workdir, resume, init_from, tensorboard):
     """Train UViM's stage I, the restricted oracle: (task output, input) -> guiding code -> output.
 
     \b
@@ -84,16 +81,15 @@ def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_siz
     elif vq_decay is not None:
         raise InputError("--vq-decay is for --quantizer vq-split or vq-nosplit (the EMA dictionary)")
     config = dataclasses.replace(presets.pick(presets.ORACLE, preset), quantizer=q, code_dropout=code_dropout,
-                                 context=context, dropped_tokens=dropped_tokens, decoder_context=decoder_context)
+                                 context=context, dropped_tokens=dropped_tokens)
     loop = _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
     task = uvim_train.make_oracle_task(config, task_name, data_spec or "scenes", data_dir, batch_size=batch_size,
                                        seed=seed, weight_decay=loop.weight_decay, dtype=dtype, depth_head=depth_head,
                                        data_seed=data_seed)
-    seen = "without image context" if not context else "with image context" + (
-        " (as patches in the decoder)" if decoder_context == "patches" else "")
     click.echo(f"UViM stage I for {task_name} on {data_spec or 'scenes'} ({len(task.train_ds)} train and "
-               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, {seen}, "
-               f"code dropout {f'on (dropped tokens: {dropped_tokens})' if code_dropout else 'off'}")
+               f"{len(task.test_ds)} test examples): {q.describe()}, {config.grid}x{config.grid} code, "
+               f"{'with' if context else 'without'} image context, code dropout "
+               f"{f'on (dropped tokens: {dropped_tokens})' if code_dropout else 'off'}")
     run_training(task, workdir, loop, resume, init_from, tensorboard)
     click.echo(f"predictions: {Path(workdir) / 'predictions.png'} (inputs, oracle outputs, targets)")
 
