@@ -3,8 +3,8 @@ guiding code, with UViM's VQ (EMA dictionary with codebook splitting) and with t
 trained with N seeds on one oracle (or on each of `--oracle-seeds` oracles) and reported as mean +- standard
 deviation (sample, over all its stage IIs); the codebook usage of the oracle's and of stage II's codes on the test
 split; what the oracle's decoder makes of the image alone (every code token dropped, as code dropout drops them: the
-part of a score that needs no code); the trivial baseline. `--context-ablation` adds the paper's panoptic ablation: FSQ and VQ-split oracles that never see the image
-(`--no-context`), each with its stage II.
+part of a score that needs no code); the trivial baseline. `--context-ablation` adds the paper's panoptic ablation:
+FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
 
 Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed (its final
 evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
