@@ -60,7 +60,7 @@ def _loop(steps, time_limit, batch_size, learning_rate, seed, dtype, eval_every)
                    "only --time-limit is given")
 @click.option("--depth-head", type=click.Choice(dense_tasks.DEPTH_HEADS), default="argmax", show_default=True,
               help="depth: the arg-max bin's centre (UViM's) or the expected bin centre")
-@click.option("--data-seed", type=int, default=0, show_default=True,
+@click.option("--data-seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="seeds generated data (scenes: both splits); --seed seeds the training run alone")
 @with_training_options(batch_size=32, learning_rate=2e-3)
 def train_oracle(task_name, data_spec, data_dir, quantizer, levels, codebook_size, preset, context, code_dropout,
