@@ -13,7 +13,7 @@ from PIL import Image
 from fsq_ref.common.errors import InputError
 from fsq_ref.evaluation import features
 from fsq_ref.experiments import plot, study, study_report
-from fsq_ref.training import train
+from fsq_ref.training import checkpoint, train
 
 TINY = dict(data_spec="procedural:64", sizes=(16, 64), quantizers=("fsq", "vq"), steps=3, batch_size=16,
             preset="tiny", seed=0, maskgit_steps=2)
@@ -99,6 +99,32 @@ def test_study_refuses_runs_made_with_other_settings(tiny_study):
         study.run_study(workdir, **{**TINY, "steps": 4}, echo=lambda line: None)
     with pytest.raises(InputError, match="maskgit_steps = 2, not 5"):
         study.run_study(workdir, **{**TINY, "maskgit_steps": 5}, echo=lambda line: None)
+
+
+def test_a_growing_maskgit_budget_trains_rounds_until_one_lowers_the_held_out_nll_less_than_the_tolerance(
+        tmp_path, monkeypatch):
+    monkeypatch.setenv("FSQ_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(features, "TRAIN_STEPS", 2)
+    monkeypatch.setattr(study, "MASKGIT_PRESET", "tiny")
+    monkeypatch.setattr(study, "SAMPLES_PER_CLASS", 3)
+    monkeypatch.setattr(study, "MAX_ROUNDS", 3)
+    tolerance, lines = 1e-3, []
+    options = {**TINY, "sizes": (16,), "quantizers": ("fsq",), "maskgit_until_flat": tolerance}
+    [result] = study.run_study(tmp_path / "study", **options, echo=lines.append)
+    nll, rounds = result["maskgit_nll_by_round"], len(result["maskgit_nll_by_round"])
+    assert 2 <= rounds <= 3 and result["maskgit_steps_trained"] == 2 * rounds and result["maskgit_nll"] == nll[-1]
+    assert all(before - after >= tolerance for before, after in zip(nll[:-2], nll[1:-1]))  # went on while it fell
+    assert result["maskgit_flat"] == (nll[-2] - nll[-1] < tolerance)
+    assert result["maskgit_flat"] or rounds == 3  # it stops when flat, or at the cap
+    run_dir = tmp_path / "study" / result["run"]
+    folders = [run_dir / "maskgit"] + [run_dir / f"maskgit-round{r}" for r in range(2, rounds + 1)]
+    for before, after in zip(folders, folders[1:]):  # each round starts from the one before
+        header = checkpoint.read_header(after / checkpoint.CHECKPOINT)
+        assert header["init_from"]["workdir"] == str(before.resolve()) and header["step"] == 2
+    assert not (run_dir / f"maskgit-round{rounds + 1}").exists()
+    assert "MaskGIT budget" in (tmp_path / "study" / study_report.RESULTS_MD).read_text()
+    with pytest.raises(InputError, match="maskgit_until_flat = 0.001, not 0.0"):  # no mixing with a fixed budget
+        study.run_study(tmp_path / "study", **TINY, echo=lambda line: None)
 
 
 def test_plan_checks_every_size_before_training():

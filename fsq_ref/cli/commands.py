@@ -131,8 +131,13 @@ def study_group():
 @click.option("--maskgit-steps", type=int, default=600, show_default=True,
               help=f"train a MaskGIT this long on the tokens of each {' and '.join(study.MASKGIT_KINDS)} run, for the "
                    "masked-transformer bits per token and the sampling Frechet distance (0: skip)")
+@click.option("--maskgit-until-flat", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="> 0: train each MaskGIT in warm-restarted rounds of --maskgit-steps until a round lowers its "
+                   f"held-out NLL by less than this many nats per token (at most {study.MAX_ROUNDS} rounds), so that "
+                   "its budget grows with the codebook; 0: a fixed budget")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False))
-def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, preset, seed, maskgit_steps, workdir):
+def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, preset, seed, maskgit_steps,
+                        maskgit_until_flat, workdir):
     """FSQ against three VQ variants as the codebook grows (paper Fig. 3): usage, PSNR, Frechet distance, bits.
 
     Trains one tokenizer per (quantizer, size) with the same network and step budget, measures each on the test
@@ -146,7 +151,8 @@ def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, pr
     try:
         study.run_study(workdir, data_spec=data_spec, data_dir=data_dir, sizes=int_list(sizes, "--sizes", "16,256"),
                         quantizers=choice_list(kinds, "--quantizers", quantizer_config.KINDS), steps=steps,
-                        batch_size=batch_size, preset=preset, seed=seed, maskgit_steps=maskgit_steps)
+                        batch_size=batch_size, preset=preset, seed=seed, maskgit_steps=maskgit_steps,
+                        maskgit_until_flat=maskgit_until_flat)
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     for name in (study_report.RESULTS_MD, study_report.RESULTS_JSON, study_report.FIGURE):

@@ -14,7 +14,8 @@ on the whole test split:
 
 Fig. 3's two other panels need a generative model of the tokens. For the quantizers in MASKGIT_KINDS (FSQ and
 `vq-entropy`, the VQ that MaskGIT itself trains), a MaskGIT of preset MASKGIT_PRESET is trained on the run's train
-tokens for `maskgit_steps` steps of batch MASKGIT_BATCH (the same budget for every run), then measured:
+tokens for `maskgit_steps` steps of batch MASKGIT_BATCH (the same budget for every run), or, with `until_flat`, for
+as many rounds of `maskgit_steps` as it needs (below), then measured:
 
 - compression cost as the paper measures it: the bits per token that coding the test tokens with the masked
   transformer costs (`maskgit_train.bits_per_token`; it exploits context, so it is below the code entropy);
@@ -22,8 +23,14 @@ tokens for `maskgit_steps` steps of batch MASKGIT_BATCH (the same budget for eve
   decoded by the run's tokenizer, against the test images in the classifier's features; with the classifier's
   accuracy on the samples' classes.
 
+A fixed MaskGIT budget undertrains the larger vocabularies: its output layer has K classes to learn from the same
+number of tokens. With `until_flat` the budget grows with K by a rule instead: the MaskGIT trains in rounds of
+`maskgit_steps` steps, each a warm restart (a fresh warm-up and cosine schedule, as `fsq train --init-from` starts
+one) from the previous round's model on a new order of the training tokens, until a round lowers the held-out NLL by
+less than `until_flat` nats per masked token, or MAX_ROUNDS rounds are done. The last round's model is measured.
+
 The study lives in one folder: each run in `<quantizer>-<K>/` (a `train.run` folder, the MaskGIT's in its `maskgit/`,
-plus `result.json` once it is measured), and the report (`study_report`: results.json, results.md and
+its further rounds in `maskgit-round2/`..., plus `result.json` once it is measured), and the report (`study_report`: results.json, results.md and
 codebook-size.png) for all runs so far, rewritten after every run. Running the study again skips measured runs and
 resumes runs that were stopped.
 
@@ -55,6 +62,7 @@ CHECKPOINT_EVERY = 1000  # steps between checkpoints, so that an interrupted run
 EVAL_BATCH = 500
 MASKGIT_KINDS = ("fsq", "vq-entropy")  # the runs that get a MaskGIT: FSQ, and the VQ that MaskGIT's tokenizer uses
 MASKGIT_PRESET, MASKGIT_BATCH, MASKGIT_LR = "fashion-mnist", 64, 1e-3  # `fsq train maskgit`'s defaults
+MAX_ROUNDS = 12  # a growing MaskGIT budget's cap (`until_flat`): 7200 steps at the default 600-step round
 SAMPLES_PER_CLASS = 200
 GUIDANCE = 1.0  # `fsq generate`'s default
 
@@ -108,6 +116,9 @@ class _SharedData:
         self.features = features.extract(self.classifier, self.images)[0]
 
 
+_ADDED_LATER = {"maskgit_until_flat": 0.0}  # settings that older results lack, with the value they were made with
+
+
 def _stored_result(run_dir: Path, settings: dict) -> dict | None:
     """The result of a measured run, None if it has none; InputError if it was made with other settings."""
     path = run_dir / RESULT
@@ -118,7 +129,7 @@ def _stored_result(run_dir: Path, settings: dict) -> dict | None:
     except ValueError:
         return None  # damaged: measure again (the checkpoint, if any, is resumed)
     for name, value in settings.items():
-        if result.get(name) != value:
+        if result.get(name, _ADDED_LATER.get(name)) != value:
             raise InputError(f"{path} was made with {name} = {result.get(name)!r}, not {value!r}: run the study with "
                              "the same options, or give a new --workdir")
     return result
@@ -159,35 +170,51 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         counter.update(test_tokens.indices)
         result["channels"] = metrics.channel_stats(counter.counts, q.levels)
     if wants_maskgit:
-        echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {settings['maskgit_steps']} steps of batch {MASKGIT_BATCH}")
+        rounds = f"rounds of {settings['maskgit_steps']} steps" if settings["maskgit_until_flat"] else ""
+        echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {rounds or str(settings['maskgit_steps']) + ' steps'} of "
+             f"batch {MASKGIT_BATCH}")
         result.update(_maskgit_panels(state, run_dir, shared, test_tokens, settings["maskgit_steps"], loop.seed,
-                                      echo))
+                                      settings["maskgit_until_flat"], echo))
         result["seconds"] = round(time.perf_counter() - started, 1)
     files.write_atomic(run_dir / RESULT, json.dumps(result, indent=2).encode())
     return result
 
 
 def _maskgit_panels(state, run_dir: Path, shared: _SharedData, test_tokens: tokens.TokenFile, steps: int, seed: int,
-                    echo: Callable[[str], None]) -> dict:
-    """Train a MaskGIT on the tokenizer's train tokens (resuming one that was stopped) and measure Fig. 3's other two
-    panels with it: bits per token on the test tokens and the sampling Frechet distance."""
+                    until_flat: float, echo: Callable[[str], None]) -> dict:
+    """Train a MaskGIT on the tokenizer's train tokens (resuming one that was stopped): `steps` steps, or with
+    `until_flat` rounds of them until its held-out NLL is flat; then measure Fig. 3's other two panels with it: bits
+    per token on the test tokens and the sampling Frechet distance."""
     train_tokens = tokenizer_train.encode_dataset(state.model, state.qstate, test_tokens.tokenizer, shared.train,
                                                   EVAL_BATCH)
-    task = maskgit_train.make_task(MASKGIT_PRESET, train_tokens, test_tokens, batch_size=MASKGIT_BATCH, seed=seed)
-    loop = train.LoopConfig(steps=steps, batch_size=MASKGIT_BATCH, seed=seed, learning_rate=MASKGIT_LR,
-                            weight_decay=maskgit_train.WEIGHT_DECAY, eval_every=steps,
-                            checkpoint_every=min(CHECKPOINT_EVERY, steps))
-    folder = run_dir / "maskgit"
-    started = time.perf_counter()
-    mg_state, evaluation = train.run(task, folder, loop, resume=(folder / checkpoint.CHECKPOINT).exists(), echo=echo)
-    if evaluation is None:
-        echo("interrupted: run the study again with the same options to continue")
-        raise KeyboardInterrupt
+    started, previous, nll = time.perf_counter(), None, []
+    for round_ in range(MAX_ROUNDS if until_flat else 1):
+        # Each round sees the training tokens in a new order (seed + round); the first keeps the fixed budget's folder.
+        task = maskgit_train.make_task(MASKGIT_PRESET, train_tokens, test_tokens, batch_size=MASKGIT_BATCH,
+                                       seed=seed + round_)
+        loop = train.LoopConfig(steps=steps, batch_size=MASKGIT_BATCH, seed=seed + round_, learning_rate=MASKGIT_LR,
+                                weight_decay=maskgit_train.WEIGHT_DECAY, eval_every=steps,
+                                checkpoint_every=min(CHECKPOINT_EVERY, steps))
+        folder = run_dir / ("maskgit" if round_ == 0 else f"maskgit-round{round_ + 1}")
+        resume = (folder / checkpoint.CHECKPOINT).exists()
+        if until_flat:
+            echo(f"  MaskGIT round {round_ + 1} (at most {MAX_ROUNDS})")
+        mg_state, evaluation = train.run(task, folder, loop, resume=resume, init_from=None if resume else previous,
+                                         echo=echo)
+        if evaluation is None:
+            echo("interrupted: run the study again with the same options to continue")
+            raise KeyboardInterrupt
+        nll.append(evaluation["nll"])
+        previous, flat = folder, len(nll) > 1 and nll[-2] - nll[-1] < until_flat
+        if flat:
+            break
+    rounds = ({"maskgit_steps_trained": steps * len(nll), "maskgit_nll_by_round": nll, "maskgit_flat": flat}
+              if until_flat else {})
     sample_labels = np.repeat(np.arange(task.config.num_classes, dtype=np.int32), SAMPLES_PER_CLASS)
     indices = maskgit.sample(mg_state.model, sample_labels, jr.key(seed), guidance=GUIDANCE)
     images = tokenizer_train.decode_all(state.model, state.qstate, indices)
     fake, predicted = features.extract(shared.classifier, images)
-    return {"maskgit_nll": evaluation["nll"],
+    return {**rounds, "maskgit_nll": evaluation["nll"],
             "maskgit_bits_per_token": maskgit_train.bits_per_token(mg_state.model, test_tokens.indices),
             "sampling_frechet_distance": metrics.frechet_distance(shared.features, fake),
             "sample_class_accuracy": float(np.mean(predicted == sample_labels)), "samples": len(sample_labels),
@@ -197,7 +224,7 @@ def _maskgit_panels(state, run_dir: Path, shared: _SharedData, test_tokens: toke
 def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: Sequence[int] = PAPER_SIZES,
               quantizers: Sequence[str] = QUANTIZERS, steps: int, batch_size: int = 16,
               preset: str = "fashion-mnist", seed: int = 0, data_dir: str | None = None, maskgit_steps: int = 0,
-              echo: Callable[[str], None] = progress.say) -> list[dict]:
+              maskgit_until_flat: float = 0.0, echo: Callable[[str], None] = progress.say) -> list[dict]:
     """Train and measure one tokenizer per (quantizer, codebook size) with equal budgets; write the study's files.
 
     Args:
@@ -206,7 +233,10 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       sizes: target codebook sizes; with "fsq" among the quantizers, each must be in `fsq.RECOMMENDED_LEVELS`.
       quantizers: any of `quantizer_config.KINDS` (see `QuantizerConfig`); by default the four of Fig. 3.
       steps, batch_size, preset, seed: the budget and network every run shares.
-      maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels).
+      maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels); with
+        `maskgit_until_flat`, the length of a round.
+      maskgit_until_flat: > 0: train each MaskGIT in rounds until one lowers its held-out NLL by less than this many
+        nats per token (see above); 0: a fixed budget.
       echo: receives a progress line before each run, and the training loop's messages.
 
     Returns:
@@ -225,8 +255,10 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
                             checkpoint_every=min(CHECKPOINT_EVERY, steps))
     if maskgit_steps < 0:
         raise InputError(f"--maskgit-steps must be >= 0 (0: no MaskGIT panels); got {maskgit_steps}")
+    if maskgit_until_flat < 0:
+        raise InputError(f"--maskgit-until-flat must be >= 0 (0: a fixed budget); got {maskgit_until_flat}")
     settings = {"data": data_spec, "preset": preset, "steps": steps, "batch_size": batch_size, "seed": seed,
-                "maskgit_steps": maskgit_steps}
+                "maskgit_steps": maskgit_steps, "maskgit_until_flat": maskgit_until_flat}
     results, shared = [], None
     for i, run in enumerate(runs, 1):
         q = run.quantizer_config

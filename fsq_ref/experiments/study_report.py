@@ -43,6 +43,10 @@ _METRICS = (
             "in brackets)", "maskgit_bits_per_token",
             lambda r: f"{r['maskgit_bits_per_token']:.2f} ({r['bits_per_token']:.2f})",
             "compression cost (masked transformer)", "bits per token"),
+    _Metric("MaskGIT budget (steps trained, in rounds until one lowered the held-out NLL by less than the study's "
+            "tolerance; a * where the round cap stopped it first)", "maskgit_steps_trained",
+            lambda r: f"{r['maskgit_steps_trained']}{'' if r['maskgit_flat'] else '*'}", "MaskGIT budget",
+            "training steps"),
     _Metric("Code entropy (bits per token, each token coded alone with its frequency; log2 of the codebook size in "
             "brackets)", "bits_per_token",
             lambda r: f"{r['bits_per_token']:.2f} ({math.log2(r['codebook_size']):.2f})",
