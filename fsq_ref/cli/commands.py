@@ -133,8 +133,8 @@ def study_group():
                    "masked-transformer bits per token and the sampling Frechet distance (0: skip)")
 @click.option("--maskgit-until-flat", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="> 0: train each MaskGIT in warm-restarted rounds of --maskgit-steps until a round lowers its "
-                   f"held-out NLL by less than this many nats per token (at most {study.MAX_ROUNDS} rounds), so that "
-                   "its budget grows with the codebook; 0: a fixed budget")
+                   "held-out NLL by less than this many nats per masked token (at most "
+                   f"{study.MAX_ROUNDS} rounds), so that its budget grows with the codebook; 0: a fixed budget")
 @click.option("--workdir", required=True, type=click.Path(file_okay=False))
 def study_codebook_size(data_spec, data_dir, sizes, kinds, steps, batch_size, preset, seed, maskgit_steps,
                         maskgit_until_flat, workdir):

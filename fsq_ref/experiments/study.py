@@ -30,9 +30,9 @@ one) from the previous round's model on a new order of the training tokens, unti
 less than `until_flat` nats per masked token, or MAX_ROUNDS rounds are done. The last round's model is measured.
 
 The study lives in one folder: each run in `<quantizer>-<K>/` (a `train.run` folder, the MaskGIT's in its `maskgit/`,
-its further rounds in `maskgit-round2/`..., plus `result.json` once it is measured), and the report (`study_report`: results.json, results.md and
-codebook-size.png) for all runs so far, rewritten after every run. Running the study again skips measured runs and
-resumes runs that were stopped.
+its further rounds in `maskgit-round2/`..., plus `result.json` once it is measured), and the report (`study_report`:
+results.json, results.md and codebook-size.png) for all runs so far, rewritten after every run. Running the study
+again skips measured runs and resumes runs that were stopped.
 
 Legend: K codebook size, N test images, H W image size, C image channels.
 """
@@ -236,7 +236,7 @@ def run_study(workdir: str | Path, *, data_spec: str = "fashion-mnist", sizes: S
       maskgit_steps: the MaskGIT budget of the runs in MASKGIT_KINDS (0: no MaskGIT panels); with
         `maskgit_until_flat`, the length of a round.
       maskgit_until_flat: > 0: train each MaskGIT in rounds until one lowers its held-out NLL by less than this many
-        nats per token (see above); 0: a fixed budget.
+        nats per masked token (see above); 0: a fixed budget.
       echo: receives a progress line before each run, and the training loop's messages.
 
     Returns:
