@@ -1,7 +1,8 @@
 """UViM at small scale, laid out as the paper's Table 2: per task, stage I (the oracle) and stage II with an FSQ
 guiding code, with UViM's VQ (EMA dictionary with codebook splitting) and with the same VQ without splitting; stage II
-trained with N seeds on one oracle (or on each of `--oracle-seeds` oracles) and reported as mean +- standard
-deviation (sample, over all its stage IIs); the codebook usage of the oracle's and of stage II's codes on the test
+trained with `--seeds` seeds on each of `--oracle-seeds` oracles (training seeds on the same scenes; default 2 and
+2) and reported as mean +- standard deviation (sample, over all its stage IIs, so that it covers the oracle's
+training run as well as stage II's); the codebook usage of the oracle's and of stage II's codes on the test
 split; what the oracle's decoder makes of the image alone (every code token dropped, as code dropout drops them: the
 part of a score that needs no code); the trivial baseline. `--context-ablation` adds the paper's panoptic ablation:
 FSQ and VQ-split oracles that never see the image (`--no-context`), each with its stage II.
@@ -9,15 +10,15 @@ FSQ and VQ-split oracles that never see the image (`--no-context`), each with it
 Each pipeline runs the CLI: `fsq train uvim-oracle`, then `fsq train uvim-lm --seed S` for each seed (its final
 evaluation is the stage-II row) beside `fsq eval` of the oracle (the oracle's and the trivial baseline's rows), each
 for a fixed number of steps of batch 32 (equal budgets across bottlenecks); `--jobs` stage IIs and `--oracle-jobs`
-oracles run side by side (default 2 and as many). Finished stages in WORKDIR are reused. Prints one Markdown table
+oracles run side by side (default 1 and 2). Finished stages in WORKDIR are reused. Prints one Markdown table
 per task and writes WORKDIR/results.json. The defaults: the `quick-8x8` oracle (a 64-token code), FSQ [8,5,5,5]
 (1000 codes) against VQs of 1024, 600 oracle and 1500 stage-II steps; on the 8192 training scenes a 1000-code FSQ
 oracle uses over 95% of its codes, where a 4375-code one did not (docs/uvim.md). Stage II's peak learning rate is
 big_vision's 1e-3; 3e-3 gave lower RMSE on depth for every bottleneck, traded PSNR for colour FD on colorization and
 raised only FSQ's PQ on panoptic (docs/uvim.md).
 
-    python benchmarks/uvim.py [--quick] [--seeds 3] [--jobs 2] [--oracle-jobs N] [--context-ablation]
-                              [--lm-learning-rate 1e-3] [--tasks depth,colorization,panoptic]
+    python benchmarks/uvim.py [--quick] [--seeds 2] [--oracle-seeds 2] [--jobs 1] [--oracle-jobs 2]
+                              [--context-ablation] [--lm-learning-rate 1e-3] [--tasks depth,colorization,panoptic]
 """
 
 import argparse
@@ -56,10 +57,10 @@ class Stages:
     """Runs a table's stages (each one `fsq` child process), `jobs` stage IIs or `oracle_jobs` oracles at a time.
     A stage takes 1/jobs (stage II) or 1/oracle_jobs (an oracle or its evaluation) of the machine and starts when that
     much is free. On a 2-core CPU two oracles side by side finish in little more than the time of one, where two
-    64-token stage IIs gain only a few percent (BENCHMARKS.md, UViM), so `--jobs 1 --oracle-jobs 2` keeps each stage
-    II alone without leaving the oracles' spare core idle. A stage that may share the machine writes its child's output
-    to RUN.log beside its folder, and this script says when it starts and ends; one that has it alone writes to
-    stderr."""
+    64-token stage IIs gain only a few percent (BENCHMARKS.md, UViM), so the defaults, `--jobs 1 --oracle-jobs 2`, keep
+    each stage II alone without leaving the oracles' spare core idle. A stage that may share the machine writes its
+    child's output to RUN.log beside its folder, and this script says when it starts and ends; one that has it alone
+    writes to stderr."""
 
     def __init__(self, jobs: int, oracle_jobs: int | None = None):
         oracle_jobs = jobs if oracle_jobs is None else oracle_jobs
@@ -249,8 +250,8 @@ def main():
     parser.add_argument("--codebook-size", type=int, default=1024,
                         help="VQ's codebook size; FSQ takes the paper's levels for it (1024: 8,5,5,5, 1000 codes; "
                              "the paper's 4096: 7,5,5,5,5, 4375 codes)")
-    parser.add_argument("--seeds", type=int, default=3, help="stage-II seeds per oracle")
-    parser.add_argument("--oracle-seeds", type=int, default=1,
+    parser.add_argument("--seeds", type=int, default=2, help="stage-II seeds per oracle")
+    parser.add_argument("--oracle-seeds", type=int, default=2,
                         help="oracles (training seeds, same scenes) per bottleneck, each with --seeds stage IIs; a "
                              "row's ± then covers oracle x stage-II seeds")
     parser.add_argument("--oracle-steps", type=int, default=600)
@@ -273,21 +274,19 @@ def main():
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="also evaluate each stage II sampling at this temperature (`fsq eval --temperature`; "
                              "big_vision's colorization notebook samples at 1); 0: greedy decoding only")
-    parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ) and one seed")
-    parser.add_argument("--jobs", type=int, default=2,
-                        help="stage IIs trained side by side (2 suits a 2-core CPU; 1: one at a time, output inline)")
-    parser.add_argument("--oracle-jobs", type=int, default=None,
-                        help="oracles trained side by side (default: --jobs); `--jobs 1 --oracle-jobs 2` keeps each "
-                             "stage II alone and still pairs the oracles")
+    parser.add_argument("--quick", action="store_true", help="one bottleneck (FSQ), one oracle and one stage II")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="stage IIs trained side by side (1: one at a time, output inline; on a 2-core CPU two "
+                             "gain only a few percent)")
+    parser.add_argument("--oracle-jobs", type=int, default=2,
+                        help="oracles trained side by side (two finish in little more than the time of one)")
     args = parser.parse_args()
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
-        args.seeds = 1
+        args.seeds = args.oracle_seeds = 1
     unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
-    if args.oracle_jobs is None:
-        args.oracle_jobs = args.jobs
     if args.lm_eval_every is None:
         args.lm_eval_every = args.lm_steps
     if (min(args.seeds, args.oracle_seeds, args.jobs, args.oracle_jobs, args.lm_eval_every) < 1
