@@ -162,6 +162,24 @@ class Stages:
         return self.run(f"{lm.parent.name}/{lm.name}", lm, stage, "stage II")
 
 
+def plan(task: str, quantizers: list[str], name: dict[str, str], workdir: Path, args) -> tuple[dict, dict]:
+    """A task's pipelines for `Stages.table` ({name: (folder, task, quantizer, context, oracle seed)}) and the table
+    row of each ({pipeline: row}): one per oracle, `args.oracle_seeds` for the bottlenecks in `args.oracle_seeds_for`
+    and one for the others, plus the context ablation's with `args.context_ablation` on panoptic."""
+    bottlenecks = {name[q]: (f"{task}-{q}", q, True) for q in quantizers}
+    if args.context_ablation and task == "panoptic":
+        bottlenecks.update({f"{name[q]}, no context": (f"{task}-{q}-no-context", q, False)
+                            for q in ("fsq", "vq-split")})
+    pipelines, rows = {}, {}
+    for row, (folder, q, context) in bottlenecks.items():
+        for seed in range(args.oracle_seeds if q in args.oracle_seeds_for.split(",") else 1):
+            # oracle seed 0 keeps the folder it had before the option existed
+            pipeline = row + (f", oracle seed {seed}" if seed else "")
+            pipelines[pipeline] = (workdir / (folder + (f"-oracle-seed{seed}" if seed else "")), task, q, context, seed)
+            rows[pipeline] = row
+    return pipelines, rows
+
+
 def stage2_options(args) -> list:
     """The `fsq train uvim-lm` options every stage II of a table shares. The image encoder's learning-rate multiplier
     and `--mirror` are passed only where they are not the default, so that stages trained before the options existed
@@ -220,6 +238,8 @@ def table(task: str, results: dict, seeds: int, temperature: float = 0.0) -> str
     lines.append(f"| trivial baseline | {baseline} | {baseline} | - | - | - | - | - |")
     for name, result in results.items():
         evals, stage2 = result["eval"], result["stage II"]
+        if len(evals) != oracles:  # `--oracle-seeds-for` left it out
+            name += f" ({len(evals)} oracle{'s' * (len(evals) > 1)} x {seeds} stage-II seed{'s' * (seeds > 1)})"
         cells = ([value([e["oracle (stage I)"][m] for e in evals]) for m in metrics]
                  + [cell([r[m] for r in stage2]) for m in metrics]
                  + [value([100 * e["oracle (stage I)"]["usage"] for e in evals], ".1f") + "%",
@@ -252,8 +272,11 @@ def main():
                              "the paper's 4096: 7,5,5,5,5, 4375 codes)")
     parser.add_argument("--seeds", type=int, default=2, help="stage-II seeds per oracle")
     parser.add_argument("--oracle-seeds", type=int, default=2,
-                        help="oracles (training seeds, same scenes) per bottleneck, each with --seeds stage IIs; a "
-                             "row's ± then covers oracle x stage-II seeds")
+                        help="oracles (training seeds, same scenes) per bottleneck of --oracle-seeds-for, each with "
+                             "--seeds stage IIs; a row's ± then covers oracle x stage-II seeds")
+    parser.add_argument("--oracle-seeds-for", default="fsq,vq-split",
+                        help="the bottlenecks that get --oracle-seeds oracles (the others one): by default the two the "
+                             "paper compares, so that the splitting ablation keeps a table under an hour")
     parser.add_argument("--oracle-steps", type=int, default=600)
     parser.add_argument("--lm-steps", type=int, default=1500)
     parser.add_argument("--lm-learning-rate", type=float, default=1e-3, help="stage II's peak learning rate")
@@ -284,9 +307,10 @@ def main():
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
     if args.quick:
         args.seeds = args.oracle_seeds = 1
-    unknown = sorted(set(quantizers) - set(UVIM_QUANTIZERS))
+    unknown = sorted((set(quantizers) | set(args.oracle_seeds_for.split(","))) - set(UVIM_QUANTIZERS))
     if unknown:
-        parser.error(f"unknown quantizers {unknown}: use some of {', '.join(UVIM_QUANTIZERS)}")
+        parser.error(f"unknown quantizers {unknown} in --quantizers or --oracle-seeds-for: use some of "
+                     f"{', '.join(UVIM_QUANTIZERS)}")
     if args.lm_eval_every is None:
         args.lm_eval_every = args.lm_steps
     if (min(args.seeds, args.oracle_seeds, args.jobs, args.oracle_jobs, args.lm_eval_every) < 1
@@ -301,17 +325,7 @@ def main():
     everything, stages = {}, Stages(args.jobs, args.oracle_jobs)
     for task in args.tasks.split(","):
         start = time.monotonic()
-        bottlenecks = {name[q]: (f"{task}-{q}", q, True) for q in quantizers}
-        if args.context_ablation and task == "panoptic":
-            bottlenecks.update({f"{name[q]}, no context": (f"{task}-{q}-no-context", q, False)
-                                for q in ("fsq", "vq-split")})
-        pipelines, rows = {}, {}
-        for row, (folder, q, context) in bottlenecks.items():
-            for seed in range(args.oracle_seeds):  # oracle seed 0 keeps the folder it had before the option existed
-                pipeline = row + (f", oracle seed {seed}" if seed else "")
-                pipelines[pipeline] = (workdir / (folder + (f"-oracle-seed{seed}" if seed else "")), task, q, context,
-                                       seed)
-                rows[pipeline] = row
+        pipelines, rows = plan(task, quantizers, name, workdir, args)
         everything[task] = results = stages.table(pipelines, args)
         minutes = (time.monotonic() - start) / 60  # wall time, evaluations and stages reused from WORKDIR included
         print(table(task, merge(results, rows), args.seeds, args.temperature)

@@ -100,6 +100,39 @@ def test_an_oracle_seed_is_passed_to_its_oracle_and_gets_its_own_folder(fake_sta
     assert seed1[seed1.index("--seed") + 1] == "1"
 
 
+def test_the_bottlenecks_of_oracle_seeds_for_get_that_many_oracles_and_the_others_one(tmp_path):
+    import uvim as uvim_bench
+
+    names = uvim_bench.names(1024)
+    args = Namespace(oracle_seeds=2, oracle_seeds_for="fsq,vq-split", context_ablation=True)
+    pipelines, rows = uvim_bench.plan("panoptic", ["fsq", "vq-split", "vq-nosplit"], names, tmp_path, args)
+    folders = sorted(folder.name for folder, *_ in pipelines.values())
+    assert folders == sorted(["panoptic-fsq", "panoptic-fsq-oracle-seed1", "panoptic-vq-split",
+                              "panoptic-vq-split-oracle-seed1", "panoptic-vq-nosplit", "panoptic-fsq-no-context",
+                              "panoptic-fsq-no-context-oracle-seed1", "panoptic-vq-split-no-context",
+                              "panoptic-vq-split-no-context-oracle-seed1"])
+    assert sorted(set(rows.values())) == sorted(
+        [names["fsq"], names["vq-split"], names["vq-nosplit"], names["fsq"] + ", no context",
+         names["vq-split"] + ", no context"])
+    assert [seed for *_, seed in pipelines.values()].count(1) == 4
+    depth, _ = uvim_bench.plan("depth", ["fsq"], names, tmp_path, args)  # the ablation is panoptic's alone
+    assert [folder.name for folder, *_ in depth.values()] == ["depth-fsq", "depth-fsq-oracle-seed1"]
+
+
+def test_a_row_with_fewer_oracles_than_the_first_says_how_many():
+    import uvim as uvim_bench
+
+    oracle = {"rmse": 0.5, "usage": 0.9}
+    evaluation = {"oracle (stage I)": oracle, "trivial baseline": {"rmse": 3.5}}
+    run = {"rmse": 1.0, "usage": 0.5, "token_accuracy": 0.2, "heldout_loss": 3.0}
+    result = lambda oracles: {"eval": [evaluation] * oracles, "stage II": [run] * 2 * oracles,
+                              "seconds": {"oracle": [1.0] * oracles, "stage II": [2.0] * 2 * oracles}}
+    lines = uvim_bench.table("depth", {"FSQ": result(2), "VQ-no-split": result(1)}, seeds=2).splitlines()
+    assert lines[0] == "### depth (stage II: mean ± std over 2 oracles x 2 stage-II seeds)"
+    assert lines[5].startswith("| FSQ | 0.5 ± 0 | 1 ± 0 |")
+    assert lines[6].startswith("| VQ-no-split (1 oracle x 2 stage-II seeds) | 0.5 | 1 ± 0 |")
+
+
 LM_LEARNING_RATE = 2e-3  # not the script's default, so that a stage II trained at the default fails
 LM_ENCODER_LR_MULT = 0.25  # likewise
 
