@@ -13,7 +13,7 @@ from typing import Literal
 from jaxtyping import PRNGKeyArray
 
 from fsq_ref import fsq, layers, vq
-from fsq_ref.common.errors import InputError
+from fsq_ref.common.errors import InputError, from_record
 
 Kind = Literal["fsq", "vq", "vq-entropy", "vq-split", "vq-nosplit"]
 KINDS: tuple[str, ...] = Kind.__args__
@@ -98,7 +98,7 @@ class QuantizerConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> QuantizerConfig:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        return from_record(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def from_options(kind: str, *, levels=None, codebook_size: int | None = None, vq_dim: int = 16, codebooks: int = 1,

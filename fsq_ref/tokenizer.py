@@ -20,6 +20,7 @@ import jax.random as jr
 from jaxtyping import Array, Float, Int, PRNGKeyArray, UInt8
 
 from fsq_ref import fsq, vq
+from fsq_ref.common.errors import from_record
 from fsq_ref.data.images import to_uint8, to_unit
 from fsq_ref.nets import Autoencoder, AutoencoderConfig
 from fsq_ref.quantizer_config import QuantizerConfig
@@ -36,7 +37,7 @@ class TokenizerConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TokenizerConfig":
         ae = {k: tuple(v) if isinstance(v, list) else v for k, v in d["autoencoder"].items()}
-        return cls(AutoencoderConfig(**ae), QuantizerConfig.from_dict(d["quantizer"]))
+        return cls(from_record(AutoencoderConfig, ae), QuantizerConfig.from_dict(d["quantizer"]))
 
 
 class Tokenizer(eqx.Module):

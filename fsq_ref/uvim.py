@@ -37,7 +37,7 @@ import jax.random as jr
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from fsq_ref import fsq, vq
-from fsq_ref.common.errors import InputError
+from fsq_ref.common.errors import InputError, from_record
 from fsq_ref.nets import Decoder, Encoder
 from fsq_ref.quantizer_config import QuantizerConfig
 from fsq_ref.sampling import categorical
@@ -75,8 +75,8 @@ class OracleConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "OracleConfig":
         # Oracles written before the choice existed all had the flag channel.
-        return cls(**{"dropped_tokens": "flag", **d, "channel_multipliers": tuple(d["channel_multipliers"]),
-                      "quantizer": QuantizerConfig.from_dict(d["quantizer"])})
+        return from_record(cls, {"dropped_tokens": "flag", **d, "channel_multipliers": tuple(d["channel_multipliers"]),
+                                 "quantizer": QuantizerConfig.from_dict(d["quantizer"])})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,9 +15,12 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense, tokens
 from fsq_ref.evaluation import runs, uvim_eval
-from fsq_ref.training import maskgit_train, uvim_train
+from fsq_ref.tokenizer import TokenizerConfig
+from fsq_ref.training import checkpoint, maskgit_train, uvim_train
+from fsq_ref.uvim import OracleConfig
 
 FOLDERS = Path(__file__).parent / "data" / "pre-layout"
 
@@ -74,3 +77,20 @@ def test_a_tokenizer_written_before_resumes(folders):
                     "--resume")
     assert result.exit_code == 0, result.output
     assert runs.evaluate(folders / "autoencoder-fsq").results["usage"] > 0
+
+
+@pytest.mark.parametrize("folder, read, path", [
+    ("autoencoder-fsq", lambda r: TokenizerConfig.from_dict(r["tokenizer"]), ("tokenizer", "autoencoder")),
+    ("autoencoder-vq", lambda r: TokenizerConfig.from_dict(r["tokenizer"]), ("tokenizer", "quantizer")),
+    ("maskgit", lambda r: maskgit_train.config_of({"task": r}), ("maskgit",)),
+    ("uvim-oracle", lambda r: OracleConfig.from_dict(r["oracle"]), ("oracle",)),
+])
+def test_a_checkpoint_with_a_setting_this_version_lacks_is_refused_in_one_line(folder, read, path):
+    record = checkpoint.read_header(FOLDERS / folder / checkpoint.CHECKPOINT)["task"]
+    read(record)  # as written, it loads
+    section = record
+    for key in path:
+        section = section[key]
+    section["decoder_context"] = "full"  # a setting of another version
+    with pytest.raises(InputError, match=r"settings this version of fsq-ref does not have \(decoder_context\)"):
+        read(record)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
-from fsq_ref.common.errors import InputError
+from fsq_ref.common.errors import InputError, from_record
 from fsq_ref.data import datasets, tokens
 from fsq_ref.maskgit import MaskGIT, MaskGITConfig, batch_logits, num_still_masked, random_mask, sample
 from fsq_ref.training import checkpoint, precision, presets, tokenizer_train, train
@@ -250,7 +250,7 @@ def make_task(preset: str, train_tokens: tokens.TokenFile, eval_tokens: tokens.T
 
 def config_of(header: dict) -> MaskGITConfig:
     """The config a MaskGIT checkpoint header records (read without loading the weights: `checkpoint.read_run`)."""
-    return MaskGITConfig(**header["task"]["maskgit"])
+    return from_record(MaskGITConfig, header["task"]["maskgit"])
 
 
 def load(workdir: str | Path) -> tuple[MaskGIT, dict]:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from fsq_ref import dense_tasks, vq
-from fsq_ref.common.errors import InputError
+from fsq_ref.common.errors import InputError, from_record
 from fsq_ref.data import cache, datasets, dense
 from fsq_ref.evaluation import metrics
 from fsq_ref.evaluation.uvim_eval import (
@@ -265,7 +265,7 @@ def load_lm(workdir, oracle_dir=None):
     oracle_config = OracleConfig.from_dict(oracle_header["task"]["oracle"])
 
     def init(header, key):
-        config = LMConfig(**header["task"]["lm"])
+        config = from_record(LMConfig, header["task"]["lm"])
         return init_lm_state(config, oracle_config, task, header["loop"]["weight_decay"], key=key)
 
     header, state = checkpoint.load_run(workdir, "uvim-lm", init)
