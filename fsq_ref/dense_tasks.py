@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from fsq_ref.common.errors import InputError
+from fsq_ref.common.errors import InputError, from_record
 from fsq_ref.data import dense
 from fsq_ref.data.dense import valid_depth
 
@@ -237,4 +237,4 @@ def to_dict(task: DenseTask) -> dict:
 
 def from_dict(d: dict) -> DenseTask:
     cls = {"depth": Depth, "colorization": Colorization, "panoptic": Panoptic}[d["name"]]
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    return from_record(cls, {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})

@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from fsq_ref import dense_tasks
 from fsq_ref.common.errors import InputError
 from fsq_ref.data import dense, tokens
 from fsq_ref.evaluation import runs, uvim_eval
@@ -84,6 +85,7 @@ def test_a_tokenizer_written_before_resumes(folders):
     ("autoencoder-vq", lambda r: TokenizerConfig.from_dict(r["tokenizer"]), ("tokenizer", "quantizer")),
     ("maskgit", lambda r: maskgit_train.config_of({"task": r}), ("maskgit",)),
     ("uvim-oracle", lambda r: OracleConfig.from_dict(r["oracle"]), ("oracle",)),
+    ("uvim-oracle", lambda r: dense_tasks.from_dict(r["dense_task"]), ("dense_task",)),
 ])
 def test_a_checkpoint_with_a_setting_this_version_lacks_is_refused_in_one_line(folder, read, path):
     record = checkpoint.read_header(FOLDERS / folder / checkpoint.CHECKPOINT)["task"]
