@@ -172,7 +172,7 @@ def plan(task: str, quantizers: list[str], name: dict[str, str], workdir: Path, 
                             for q in ("fsq", "vq-split")})
     pipelines, rows = {}, {}
     for row, (folder, q, context) in bottlenecks.items():
-        for seed in range(args.oracle_seeds if q in args.oracle_seeds_for.split(",") else 1):
+        for seed in range(args.oracle_seeds if q in args.oracle_seeds_for else 1):
             # oracle seed 0 keeps the folder it had before the option existed
             pipeline = row + (f", oracle seed {seed}" if seed else "")
             pipelines[pipeline] = (workdir / (folder + (f"-oracle-seed{seed}" if seed else "")), task, q, context, seed)
@@ -305,9 +305,10 @@ def main():
                         help="oracles trained side by side (two finish in little more than the time of one)")
     args = parser.parse_args()
     quantizers = ["fsq"] if args.quick else args.quantizers.split(",")
+    args.oracle_seeds_for = args.oracle_seeds_for.split(",")
     if args.quick:
         args.seeds = args.oracle_seeds = 1
-    unknown = sorted((set(quantizers) | set(args.oracle_seeds_for.split(","))) - set(UVIM_QUANTIZERS))
+    unknown = sorted((set(quantizers) | set(args.oracle_seeds_for)) - set(UVIM_QUANTIZERS))
     if unknown:
         parser.error(f"unknown quantizers {unknown} in --quantizers or --oracle-seeds-for: use some of "
                      f"{', '.join(UVIM_QUANTIZERS)}")

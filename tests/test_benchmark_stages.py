@@ -104,7 +104,7 @@ def test_the_bottlenecks_of_oracle_seeds_for_get_that_many_oracles_and_the_other
     import uvim as uvim_bench
 
     names = uvim_bench.names(1024)
-    args = Namespace(oracle_seeds=2, oracle_seeds_for="fsq,vq-split", context_ablation=True)
+    args = Namespace(oracle_seeds=2, oracle_seeds_for=["fsq", "vq-split"], context_ablation=True)
     pipelines, rows = uvim_bench.plan("panoptic", ["fsq", "vq-split", "vq-nosplit"], names, tmp_path, args)
     folders = sorted(folder.name for folder, *_ in pipelines.values())
     assert folders == sorted(["panoptic-fsq", "panoptic-fsq-oracle-seed1", "panoptic-vq-split",

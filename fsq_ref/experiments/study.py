@@ -170,9 +170,8 @@ def _train_and_measure(run: Run, run_dir: Path, shared: _SharedData, loop: train
         counter.update(test_tokens.indices)
         result["channels"] = metrics.channel_stats(counter.counts, q.levels)
     if wants_maskgit:
-        rounds = f"rounds of {settings['maskgit_steps']} steps" if settings["maskgit_until_flat"] else ""
-        echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {rounds or str(settings['maskgit_steps']) + ' steps'} of "
-             f"batch {MASKGIT_BATCH}")
+        budget = f"{'rounds of ' * bool(settings['maskgit_until_flat'])}{settings['maskgit_steps']} steps"
+        echo(f"  MaskGIT ({MASKGIT_PRESET}) on its tokens: {budget} of batch {MASKGIT_BATCH}")
         result.update(_maskgit_panels(state, run_dir, shared, test_tokens, settings["maskgit_steps"], loop.seed,
                                       settings["maskgit_until_flat"], echo))
         result["seconds"] = round(time.perf_counter() - started, 1)
