@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fsq_ref import ops
@@ -26,6 +26,7 @@ def _norm(features: int, key, use_weight: bool = True, use_bias: bool = True) ->
 @given(seed=st.integers(0, 2**31 - 1), rows=st.integers(1, 9), features=st.sampled_from([2, 7, 32, 128]),
        scale=st.sampled_from([1e-3, 1.0, 1e3]), offset=st.sampled_from([0.0, 5.0, -300.0]),
        affine=st.sampled_from([(True, True), (True, False), (False, False)]))
+@example(seed=3618, rows=2, features=2, scale=1.0, offset=5.0, affine=(True, True))  # a row spread 0.014
 def test_layer_norm_matches_equinox_with_gradients(seed, rows, features, scale, offset, affine):
     x_key, n_key, c_key = jr.split(jr.key(seed), 3)
     # The offset in units of the spread: far larger, and float32 rounding of the inputs decides the normalised rows.
@@ -42,9 +43,15 @@ def test_layer_norm_matches_equinox_with_gradients(seed, rows, features, scale, 
     np.testing.assert_allclose(ops.layer_norm(norm, x), jax.vmap(norm)(x), rtol=1e-5, atol=1e-5)
     want = eqx.filter_grad(lambda args: reference(*args))((norm, x))
     got = eqx.filter_grad(lambda args: ours(*args))((norm, x))
+    # The input's gradient scales as one over its row's spread (about `scale`, but two features can land much closer
+    # than that), and float32 centring of a row far from zero errs by a few eps * max|x|, which the gradient divides
+    # by the spread twice; the weight's and the bias's gradients are of order one.
+    row = np.asarray(x, np.float64)
+    spread = np.std(row, axis=-1, keepdims=True)
+    centring = 4 * np.finfo(np.float32).eps * np.max(np.abs(row), axis=-1, keepdims=True) / spread**2
     for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
-        # The input's gradient scales as 1 / scale; the weight's and the bias's do not.
-        np.testing.assert_allclose(g, w, atol=1e-4 * (1.0 + 1.0 / scale))
+        atol = 1e-4 * (1.0 + 1.0 / spread) + centring if g.ndim == 2 else 2e-4
+        np.testing.assert_array_less(np.abs(g - w), np.broadcast_to(atol, g.shape))
 
 
 @settings(max_examples=20, deadline=None)
