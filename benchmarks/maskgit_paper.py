@@ -62,10 +62,15 @@ def maskgit_stage(folder: Path, seed: int, classifier, validation: np.ndarray, t
     nll = [(r["step"], r["nll"]) for r in log if r.get("split") == "eval"]
     grid = {}
     for g, t in itertools.product(floats(args.guidance), floats(args.temperatures)):
-        grid[f"{g:g},{t:g}"] = sample_quality(classifier, validation, run, folder / "tokenizer", args.val_per_class,
-                                              guidance=g, temperature=t, seed=seed)["frechet_distance"]
+        pair = f"{g:g},{t:g}"
+        grid[pair] = sample_quality(classifier, validation, run, folder / "tokenizer", args.val_per_class,
+                                    guidance=g, temperature=t, seed=seed)["frechet_distance"]
+        # Sampling the grid and the test set takes minutes with no bar of its own: say where it is.
+        print(f"  seed {seed}: guidance {g:g}, temperature {t:g}: validation FD {grid[pair]:.2f}", flush=True)
     best = min(grid, key=grid.get)
     g, t = map(float, best.split(","))
+    print(f"  seed {seed}: sampling {10 * args.test_per_class} test samples at guidance {g:g}, temperature {t:g}",
+          flush=True)
     result = {"seed": seed, "held_out_nll": nll, "validation_fd": grid, "guidance": g, "temperature": t,
               "test": sample_quality(classifier, test, run, folder / "tokenizer", args.test_per_class, guidance=g,
                                     temperature=t, seed=1000 + seed)}
@@ -119,6 +124,7 @@ def main():
         for key, (name, _) in QUANTIZERS.items():
             runs[key].append(maskgit_stage(folders[key], seed, classifier, validation, test_images, args))
             print(f"{name}: MaskGIT seed {seed} done", flush=True)
+    print("scoring the tokenizers' reconstructions of the test split", flush=True)
     results = {key: {"name": name, "runs": runs[key],
                      **tokenizer_scores(folders[key], classifier, test_images, test_labels, 10 * args.test_per_class)}
                for key, (name, _) in QUANTIZERS.items()}
